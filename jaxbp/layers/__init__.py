@@ -1,0 +1,1 @@
+"""Built-in layers, one small module per family."""

@@ -1,0 +1,52 @@
+"""Dense (fully connected) layer."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp.core import Layer, LayerError
+
+
+def Dense(
+    features: int,
+    use_bias: bool = True,
+    *,
+    kernel_init=jax.nn.initializers.lecun_normal(),
+    param_dtype=jnp.float32,
+) -> Layer:
+    """y = x @ W + b: (..., in) -> (..., features); params {"W": (in, features), "b": (features,)}."""
+    name = f"Dense({features})"
+
+    def init(key, input_shape):
+        if len(input_shape) < 1:
+            raise LayerError(f"{name}: needs an input of rank >= 1, got shape {tuple(input_shape)}")
+        params = {"W": kernel_init(key, (input_shape[-1], features), param_dtype)}
+        if use_bias:
+            params["b"] = jnp.zeros((features,), param_dtype)
+        return (*input_shape[:-1], features), params
+
+    def forward(params, x):
+        W = params["W"]
+        if x.ndim < 1 or x.shape[-1] != W.shape[0]:
+            raise LayerError(
+                f"{name}: input shape {x.shape} does not fit W of shape {W.shape}"
+                f" (needs (..., {W.shape[0]}))"
+            )
+        y = x @ W
+        if use_bias:
+            y = y + params["b"]
+        return y, x
+
+    def backward(params, x, g):
+        # dx = g @ W.T; dW = x.T @ g; db = g.sum(0)   (leading axes of x and g summed as batch)
+        batch = tuple(range(x.ndim - 1))
+        dx = lax.dot_general(g, params["W"], (((g.ndim - 1,), (1,)), ((), ())))
+        dW = lax.dot_general(x, g, ((batch, batch), ((), ())))
+        dparams = {"W": dW.astype(params["W"].dtype)}
+        if use_bias:
+            dparams["b"] = g.sum(batch).astype(params["b"].dtype)
+        return dparams, dx
+
+    return Layer(init, forward, backward, name=name)
