@@ -1,0 +1,7 @@
+"""``python -m jaxbp``."""
+
+import sys
+
+from jaxbp.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""A NumPy-only oracle of jaxbp's algorithm. Imports nothing from jaxbp or JAX."""
