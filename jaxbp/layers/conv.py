@@ -1,0 +1,212 @@
+"""Convolutions (flax conventions: channels last, HWIO kernels), with backwards that are convolutions.
+
+For spatial rank k the input is ``(N, *spatial, C)`` and the kernel ``(*kernel_size, C/G, F)``.
+Per spatial axis, with input size n, kernel size K, dilation d, stride s and padding (lo, hi),
+the effective kernel is ``Ke = (K-1) d + 1`` and the output size ``o = (n + lo + hi - Ke) // s + 1``;
+``r = (n + lo + hi - Ke) % s`` input rows past the last window receive no gradient.
+See reference/DERIVATIONS_conv.md for the derivation of both backward convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp.core import Layer, LayerError, check_param_shapes
+
+Padding = str | int | Sequence[tuple[int, int]]
+
+
+def _tuple(name: str, value, rank: int, what: str) -> tuple[int, ...]:
+    """``value`` as a tuple of ``rank`` positive ints (an int is repeated)."""
+    t = (value,) * rank if isinstance(value, int) else tuple(value)
+    if len(t) != rank or not all(isinstance(v, int) and v >= 1 for v in t):
+        raise LayerError(f"{name}: {what} must be {rank} positive ints, got {value!r}")
+    return t
+
+
+def resolve_padding(name: str, padding: Padding, spatial, window, strides) -> tuple[tuple[int, int], ...]:
+    """Explicit ``(lo, hi)`` pairs per spatial axis for "SAME", "VALID", an int or explicit pairs."""
+    rank = len(window)
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise LayerError(
+                f"{name}: padding must be 'SAME', 'VALID', an int or (lo, hi) pairs, got {padding!r}"
+            )
+        return tuple(tuple(p) for p in lax.padtype_to_pads(spatial, window, strides, padding.upper()))
+    pads = ((padding, padding),) * rank if isinstance(padding, int) else tuple(tuple(p) for p in padding)
+    if len(pads) != rank or any(len(p) != 2 or min(p) < 0 for p in pads):
+        raise LayerError(f"{name}: padding must be {rank} non-negative (lo, hi) pairs, got {padding!r}")
+    return pads
+
+
+def _geometry(name, shape, window, strides, dilation, padding):
+    """(pads, output spatial sizes) for an input ``shape`` (N, *spatial, C); raises on empty output."""
+    spatial = tuple(shape[1:-1])
+    eff = tuple((k - 1) * d + 1 for k, d in zip(window, dilation, strict=True))
+    pads = resolve_padding(name, padding, spatial, eff, strides)
+    out = tuple(
+        (n + lo + hi - e) // s + 1 for n, (lo, hi), e, s in zip(spatial, pads, eff, strides, strict=True)
+    )
+    if any(n + lo + hi < e for n, (lo, hi), e in zip(spatial, pads, eff, strict=True)):
+        raise LayerError(
+            f"{name}: input of shape {tuple(shape)} padded by {pads} is smaller than the"
+            f" (dilated) window {eff}"
+        )
+    return pads, out
+
+
+def ConvND(
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    *,
+    rank: int = 2,
+    kernel_init=jax.nn.initializers.lecun_normal(),
+    param_dtype=jnp.float32,
+    name: str = "Conv",
+) -> Layer:
+    """N-d convolution: (N, *spatial, C) -> (N, *out, F); params {"kernel": (*ks, C/G, F), "bias": (F,)}."""
+    ks = _tuple(name, kernel_size, rank, "kernel_size")
+    st = _tuple(name, strides, rank, "strides")
+    dil = _tuple(name, kernel_dilation, rank, "kernel_dilation")
+    G = feature_group_count
+    name = f"{name}({features}, {ks})"
+    if not isinstance(G, int) or G < 1 or features % G:
+        raise LayerError(f"{name}: features={features} must be divisible by feature_group_count={G}")
+    sp = tuple(range(1, rank + 1))  # spatial axes of x, y and g
+    ch = rank + 1  # channel axis of x, y and g
+    ksp = tuple(range(rank))  # spatial axes of the kernel; rank = in (I), rank + 1 = out (O)
+    dn_fwd = lax.ConvDimensionNumbers((0, ch, *sp), (rank + 1, rank, *ksp), (0, ch, *sp))
+    # dx: g is the lhs, the kernel read with I <-> O swapped; dW: C of x is the batch, N the feature.
+    dn_dx = lax.ConvDimensionNumbers((0, ch, *sp), (rank, rank + 1, *ksp), (0, ch, *sp))
+    dn_dw = lax.ConvDimensionNumbers((ch, 0, *sp), (ch, 0, *sp), (rank, rank + 1, *ksp))
+
+    def check(shape):
+        if len(shape) != rank + 2:
+            raise LayerError(f"{name}: needs an input (N, {rank} spatial axes, C), got shape {tuple(shape)}")
+        if shape[-1] % G:
+            raise LayerError(
+                f"{name}: input channels {shape[-1]} (shape {tuple(shape)}) not divisible by"
+                f" feature_group_count={G}"
+            )
+        return _geometry(name, shape, ks, st, dil, padding)
+
+    def init(key, input_shape):
+        _, out = check(tuple(input_shape))
+        params = {"kernel": kernel_init(key, (*ks, input_shape[-1] // G, features), param_dtype)}
+        if use_bias:
+            params["bias"] = jnp.zeros((features,), param_dtype)
+        return (input_shape[0], *out, features), params
+
+    def forward(params, x):
+        pads, _ = check(x.shape)
+        expected = {"kernel": (*ks, x.shape[-1] // G, features)} | ({"bias": (features,)} if use_bias else {})
+        check_param_shapes(name, expected, params)
+        dtype = jnp.result_type(x, params["kernel"])
+        y = lax.conv_general_dilated(
+            x.astype(dtype),
+            params["kernel"].astype(dtype),
+            st,
+            pads,
+            rhs_dilation=dil,
+            dimension_numbers=dn_fwd,
+            feature_group_count=G,
+        )
+        if use_bias:
+            y = y + params["bias"].astype(dtype)
+        return y, x
+
+    def backward(params, x, g):
+        # dx = conv(dilate_s(g), flip(W)^T, pad Ke-1-lo | Ke-1-hi+r, dilation d);
+        # dW = conv(x, g as kernel, stride d, dilation s, pad lo | hi-r); db = g.sum(N, spatial)
+        W = params["kernel"]
+        pads, _ = check(x.shape)
+        eff = [(k - 1) * d + 1 for k, d in zip(ks, dil, strict=True)]
+        rem = [(n + lo + hi - e) % s for n, (lo, hi), e, s in zip(x.shape[1:-1], pads, eff, st, strict=True)]
+        Wt = lax.rev(W.astype(g.dtype), ksp)
+        if G > 1:  # (.., C/G, G, F/G) -> (.., G, C/G, F/G) -> (.., C, F/G): O = C and I = F/G per group
+            Wt = Wt.reshape(*ks, W.shape[-2], G, features // G).swapaxes(rank, rank + 1)
+            Wt = Wt.reshape(*ks, x.shape[-1], features // G)
+        dx = lax.conv_general_dilated(
+            g,
+            Wt,
+            (1,) * rank,
+            [(e - 1 - lo, e - 1 - hi + r) for e, (lo, hi), r in zip(eff, pads, rem, strict=True)],
+            lhs_dilation=st,
+            rhs_dilation=dil,
+            dimension_numbers=dn_dx,
+            feature_group_count=G,
+        )
+        dW = lax.conv_general_dilated(
+            x.astype(g.dtype),
+            g,
+            dil,
+            [(lo, hi - r) for (lo, hi), r in zip(pads, rem, strict=True)],
+            rhs_dilation=st,
+            dimension_numbers=dn_dw,
+            batch_group_count=G,
+        )
+        dparams = {"kernel": dW.astype(W.dtype)}
+        if use_bias:
+            dparams["bias"] = g.sum((0, *sp)).astype(params["bias"].dtype)
+        return dparams, dx.astype(x.dtype)
+
+    return Layer(init, forward, backward, name=name)
+
+
+def Conv2D(
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = (1, 1),
+    padding: Padding = "SAME",
+    kernel_dilation: int | Sequence[int] = (1, 1),
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    **kw,
+) -> Layer:
+    """2-D convolution: (N, H, W, C) -> (N, H', W', F); params {"kernel": (kh, kw, C/G, F), "bias": (F,)}."""
+    return ConvND(
+        features,
+        kernel_size,
+        strides,
+        padding,
+        kernel_dilation,
+        feature_group_count,
+        use_bias,
+        rank=2,
+        name="Conv2D",
+        **kw,
+    )
+
+
+def Conv1D(
+    features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
+    use_bias: bool = True,
+    **kw,
+) -> Layer:
+    """1-D convolution: (N, L, C) -> (N, L', features); params {"kernel": (k, C/G, F), "bias": (F,)}."""
+    return ConvND(
+        features,
+        kernel_size,
+        strides,
+        padding,
+        kernel_dilation,
+        feature_group_count,
+        use_bias,
+        rank=1,
+        name="Conv1D",
+        **kw,
+    )
