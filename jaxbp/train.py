@@ -1,0 +1,456 @@
+"""``python -m jaxbp train``: the textbook loop, compiled one epoch at a time.
+
+For each epoch: shuffle with the run's key, then ``lax.scan`` over the batches — forward
+through levels 1..N, backward from N to 1 by hand, optax update — as one compiled program,
+then evaluate on the test split. The last partial batch of each epoch is dropped (a fresh
+shuffle every epoch, so every example is seen). Checkpoints are saved after every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from jaxbp import checkpoint
+from jaxbp.core import Layer, Loss, layer_name
+from jaxbp.data import DATASETS, DataError, Dataset, load_dataset, standardize
+from jaxbp.flow import NonFinite, flow_norms, levels, locate_nonfinite
+from jaxbp.losses import SoftmaxCrossEntropy
+from jaxbp.models import MODELS, build_model
+from jaxbp.step import TrainState, init_train_state, make_predict, train_step_fn
+
+# Per (dataset, model) defaults for flags left unset; anything else falls back to "*".
+DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("*", "*"): dict(epochs=10, batch_size=128, lr=0.05, momentum=0.9, weight_decay=0.0, dropout=0.0),
+    ("digits", "mlp"): dict(epochs=30, batch_size=32, lr=0.05, weight_decay=1e-4),
+    ("digits", "cnn"): dict(epochs=20, batch_size=32, lr=0.05, weight_decay=1e-4),
+    ("fashion-mnist", "mlp"): dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.2),
+    ("fashion-mnist", "cnn"): dict(epochs=12, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
+    ("mnist", "mlp"): dict(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.2),
+    ("mnist", "cnn"): dict(epochs=8, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
+}
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the message says epoch, batch and level."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      train_state: the final :class:`~jaxbp.step.TrainState`.
+      history: per-epoch lists (``train_loss``, ``test_accuracy``, ``seconds``) and gradient flow
+        (``dx_norms``, ``dparam_norms``: one row of N level norms before training and after each epoch).
+      test_accuracy: after the last epoch.
+      train_loss: mean training loss of the last epoch.
+      epochs: epochs completed (including those of a resumed run).
+      seconds: wall time of this call, compilation included.
+      steps_per_second: training steps per second over this call's epochs after the first
+        (which includes compilation); over all of them when only one ran.
+    """
+
+    train_state: TrainState
+    history: dict
+    test_accuracy: float
+    train_loss: float
+    epochs: int
+    seconds: float
+    steps_per_second: float
+
+
+def make_optimizer(
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    total_steps: int = 1,
+    name: str = "sgd",
+) -> optax.GradientTransformation:
+    """SGD (with momentum) or Adam, with optional L2 weight decay and a cosine learning-rate schedule.
+
+    Args:
+      lr: peak learning rate.
+      momentum: SGD momentum (0 for plain SGD); ignored by Adam.
+      weight_decay: adds ``weight_decay * ω`` to the gradient before the update.
+      schedule: "constant" or "cosine" (decay to 0 over ``total_steps``).
+      total_steps: steps in the whole run, for the schedule.
+      name: "sgd" or "adam".
+    """
+    if schedule == "cosine":
+        rate = optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    elif schedule == "constant":
+        rate = lr
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+    base = optax.sgd(rate, momentum=momentum or None) if name == "sgd" else optax.adam(rate)
+    return optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
+
+
+class EpochOut(NamedTuple):
+    """What a compiled epoch returns (see :func:`make_epoch`)."""
+
+    train_state: TrainState
+    losses: jax.Array  # (num_batches,) per-step training loss
+    bad_batch: jax.Array  # int32, -1 when every step was finite
+    bad_rows: jax.Array  # (batch_size,) example indices of the bad batch
+    flow_before: tuple[jax.Array, jax.Array]  # (dx_norms, dparam_norms) on the probe batch
+    flow_after: tuple[jax.Array, jax.Array]
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]).all()
+
+
+def make_epoch(
+    net: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    tick: Callable[[Any], None] | None = None,
+) -> Callable:
+    """One compiled epoch ``(ts, x, y, probe) -> EpochOut``; ``ts`` is donated.
+
+    The epoch splits ``ts.key`` into the next key and a shuffle key, permutes the training set,
+    drops the last partial batch and scans :func:`~jaxbp.step.train_step_fn` over the batches.
+    A step whose loss or new params are non-finite is not applied, nor is any step after it:
+    ``ts`` is then the state just before batch ``bad_batch`` (``-1`` when all were finite),
+    whose example indices are ``bad_rows``. ``tick(i)`` is called from the device every few
+    batches when given (progress bars). ``probe = (x, target, key)`` is a fixed batch on which
+    the per-level gradient norms are measured before and after the epoch. This builder is the
+    one place a data-parallel (``--devices``) epoch would replace.
+    """
+    step = train_step_fn(net, loss, optimizer)
+
+    def flow(ts, probe):
+        px, py, pkey = probe
+        return flow_norms(net, loss, ts.params, ts.state, pkey, px, py)
+
+    def epoch(ts: TrainState, x, y, probe) -> EpochOut:
+        before = flow(ts, probe)
+        key, shuffle_key = jax.random.split(ts.key)
+        num_batches = x.shape[0] // batch_size
+        rows = jax.random.permutation(shuffle_key, x.shape[0])[: num_batches * batch_size]
+        rows = rows.reshape(num_batches, batch_size)
+        every = max(1, num_batches // 50)
+
+        def body(carry, i_idx):
+            ts, bad = carry
+            i, idx = i_idx
+            new, value = step(ts, x[idx], y[idx])
+            ok = jnp.isfinite(value) & _all_finite(new.params) & (bad < 0)
+            ts = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, ts)
+            bad = jnp.where((bad < 0) & ~ok, i, bad)
+            if tick is not None:
+                lax.cond(i % every == 0, lambda: jax.debug.callback(tick, i), lambda: None)
+            return (ts, bad), value
+
+        (ts, bad), losses = lax.scan(
+            body, (ts._replace(key=key), jnp.int32(-1)), (jnp.arange(num_batches), rows)
+        )
+        return EpochOut(ts, losses, bad, rows[jnp.maximum(bad, 0)], before, flow(ts, probe))
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_evaluate(net: Layer, chunk: int = 1000) -> Callable:
+    """``evaluate(params, state, x, y) -> accuracy`` over fixed-size chunks (one compilation)."""
+    predict = make_predict(net)
+
+    def evaluate(params, state, x: np.ndarray, y: np.ndarray) -> float:
+        n = len(x)
+        size = min(chunk, n)
+        correct = 0
+        for start in range(0, n, size):
+            xb = x[start : start + size]
+            pad = size - len(xb)
+            if pad:
+                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
+            pred = np.asarray(predict(params, jnp.asarray(xb), state)).argmax(-1)[: size - pad]
+            correct += int((pred == y[start : start + size]).sum())
+        return correct / n
+
+    return evaluate
+
+
+def _new_history(net: Layer) -> dict:
+    ls = levels(net)
+    return {
+        "epoch": [],
+        "train_loss": [],
+        "test_accuracy": [],
+        "seconds": [],
+        "levels": [layer_name(l) for l in ls],
+        "dx_norms": [],
+        "dparam_norms": [],
+    }
+
+
+def fit(
+    net: Layer,
+    data: Dataset,
+    optimizer: optax.GradientTransformation,
+    *,
+    epochs: int,
+    batch_size: int,
+    loss: Loss | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    config: dict | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = print,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    epoch_builder: Callable = make_epoch,
+) -> FitResult:
+    """Train ``net`` on ``data`` with the hand-written backward.
+
+    Args:
+      net: the network (``serial`` levels give per-level gradient flow and non-finite localisation).
+      data: the train/test split.
+      optimizer: an optax transformation (see :func:`make_optimizer`).
+      epochs: total epochs of the run (a resumed run continues up to this number).
+      batch_size: examples per step; the last partial batch of each epoch is dropped.
+      loss: default softmax cross-entropy.
+      seed: initialises params and the run's PRNG key (shuffling, dropout).
+      checkpoint_dir: save params, optimizer state, RNG state and epoch here after every epoch.
+      resume: continue from ``checkpoint_dir`` when it holds a checkpoint.
+      config: JSON-able description of the run, stored with checkpoints; resuming with a
+        different one is refused.
+      progress: show a tqdm bar per epoch (for terminals).
+      log: called with one line per epoch (None: silent).
+      on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's checkpoint.
+      epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :func:`make_epoch`).
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      NonFiniteError: a loss or gradient became non-finite (the last good checkpoint is kept).
+      CheckpointError: resuming from a checkpoint of another run.
+      ValueError: a batch size larger than the training set.
+    """
+    t0 = time.perf_counter()
+    loss = loss or SoftmaxCrossEntropy()
+    if not 0 < batch_size <= len(data.x_train):
+        raise ValueError(
+            f"batch size {batch_size} must lie in [1, {len(data.x_train)}] (the training set's size)"
+        )
+    in_shape = (batch_size, *data.x_train.shape[1:])
+    ts = jax.jit(lambda k: init_train_state(net, optimizer, k, in_shape)[1])(jax.random.PRNGKey(seed))
+    history, start = _new_history(net), 0
+    if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
+        ts, meta = checkpoint.load(checkpoint_dir, ts)
+        if config is not None and meta.get("config") != config:
+            raise checkpoint.CheckpointError(
+                f"{checkpoint.path_in(checkpoint_dir)} was saved by another run configuration:"
+                f" saved {meta.get('config')}, now {config}"
+            )
+        history, start = meta["history"], meta["epoch"]
+        if log:
+            log(f"resumed from {checkpoint.path_in(checkpoint_dir)} after epoch {start}")
+
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    probe = (x[:batch_size], y[:batch_size], jax.random.PRNGKey(seed + 1))
+    evaluate = make_evaluate(net)
+    num_batches = len(data.x_train) // batch_size
+
+    def record_flow(norms):
+        history["dx_norms"].append(np.asarray(norms[0]).tolist())
+        history["dparam_norms"].append(np.asarray(norms[1]).tolist())
+
+    bar = None
+
+    def tick(i):
+        if bar is not None:
+            bar.update(int(i) + 1 - bar.n)
+
+    epoch_fn = epoch_builder(net, loss, optimizer, batch_size, tick if progress else None)
+    epoch_seconds = []
+    for e in range(start + 1, epochs + 1):
+        te = time.perf_counter()
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=num_batches, desc=f"epoch {e}/{epochs}", unit="batch", leave=True, file=sys.stderr
+            )
+        ts, losses, bad, bad_rows, before, after = epoch_fn(ts, x, y, probe)
+        losses, bad = np.asarray(losses), int(bad)
+        if not history["dx_norms"]:
+            record_flow(before)
+        if bad >= 0:
+            if bar is not None:
+                bar.close()
+            _raise_nonfinite(
+                net, loss, ts, x[bad_rows], y[bad_rows], e, bad, float(losses[bad]), checkpoint_dir
+            )
+        acc = evaluate(ts.params, ts.state, data.x_test, data.y_test)
+        train_loss = float(losses.mean())
+        record_flow(after)
+        epoch_seconds.append(time.perf_counter() - te)
+        for k, v in (
+            ("epoch", e),
+            ("train_loss", train_loss),
+            ("test_accuracy", acc),
+            ("seconds", epoch_seconds[-1]),
+        ):
+            history[k].append(v)
+        secs = epoch_seconds[-1]
+        line = f"epoch {e:3d}/{epochs}  train loss {train_loss:.4f}  test acc {acc:.4f}  {secs:.1f}s"
+        if bar is not None:
+            bar.set_postfix_str(f"loss {train_loss:.4f} acc {acc:.4f}")
+            bar.update(num_batches - bar.n)
+            bar.close()
+        elif log:
+            log(line)
+        if checkpoint_dir:
+            checkpoint.save(checkpoint_dir, ts, {"epoch": e, "history": history, "config": config})
+        if on_epoch:
+            on_epoch(e, history)
+
+    timed = epoch_seconds[1:] or epoch_seconds
+    return FitResult(
+        train_state=ts,
+        history=history,
+        test_accuracy=history["test_accuracy"][-1] if history["test_accuracy"] else float("nan"),
+        train_loss=history["train_loss"][-1] if history["train_loss"] else float("nan"),
+        epochs=len(history["epoch"]),
+        seconds=time.perf_counter() - t0,
+        steps_per_second=num_batches * len(timed) / sum(timed) if timed else 0.0,
+    )
+
+
+def _raise_nonfinite(net, loss, ts, xb, yb, epoch, batch, value, checkpoint_dir) -> None:
+    _, step_key = jax.random.split(ts.key)  # the key train_step_fn used for this batch
+    where = locate_nonfinite(net, loss, ts.params, xb, yb, state=ts.state, key=step_key, train=True)
+    where = where or NonFinite("update", None, "")
+    kept = (
+        f"; the last good checkpoint ({checkpoint.path_in(checkpoint_dir)}) is kept"
+        if checkpoint_dir and checkpoint.exists(checkpoint_dir)
+        else ""
+    )
+    raise NonFiniteError(
+        f"non-finite values at epoch {epoch}, batch {batch} (loss {value}): {where.describe()}{kept}"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` command's flags to ``parser``."""
+    a = parser.add_argument
+    a("--dataset", choices=DATASETS, default="digits", help="data set (default: digits, no download needed)")
+    a(
+        "--data-dir",
+        help="IDX directory for mnist/fashion-mnist (fashion-mnist default: Debian's"
+        " /usr/share/datasets/fashion-mnist), or the .npz file for --dataset npz",
+    )
+    a("--model", choices=MODELS, default="mlp", help="model preset (default: mlp)")
+    a("--widths", help="comma-separated widths: mlp hidden widths, or cnn conv channels then dense width")
+    a("--dropout", type=float, help="dropout rate after hidden layers (needs jaxbp.layers.dropout)")
+    a("--epochs", type=int)
+    a("--batch-size", type=int)
+    a("--optimizer", choices=("sgd", "adam"), default="sgd")
+    a("--lr", type=float, help="(peak) learning rate")
+    a("--momentum", type=float, help="SGD momentum (0: plain SGD)")
+    a("--weight-decay", type=float, help="L2 weight decay added to the gradient")
+    a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
+    a("--seed", type=int, default=0)
+    a("--no-standardize", action="store_true", help="keep pixels in [0, 1] instead of standardising")
+    a("--checkpoint-dir", help="save a checkpoint here after every epoch")
+    a("--resume", action="store_true", help="continue from --checkpoint-dir")
+    a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
+    a("--json", action="store_true", help="print one JSON summary object as the last line")
+    a("--no-progress", action="store_true", help="no progress bar even on a terminal")
+
+
+def resolve(args: argparse.Namespace) -> dict:
+    """The run's configuration: the flags, with unset ones filled from :data:`DEFAULTS`."""
+    d = {**DEFAULTS["*", "*"], **DEFAULTS.get((args.dataset, args.model), {})}
+    cfg = {k: (getattr(args, k) if getattr(args, k) is not None else d[k]) for k in d}
+    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
+    cfg.update(
+        dataset=args.dataset,
+        model=args.model,
+        widths=list(widths) if widths else None,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        seed=args.seed,
+        standardize=not args.no_standardize,
+    )
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the ``train`` command; returns the process exit code."""
+    t0 = time.perf_counter()
+    cfg = resolve(args)
+    if args.resume and not args.checkpoint_dir:
+        print("jaxbp train: --resume needs --checkpoint-dir", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset(args.dataset, args.data_dir)
+    except DataError as e:
+        print(f"jaxbp train: {e}", file=sys.stderr)
+        return 2
+    if cfg["standardize"]:
+        data = standardize(data)
+    net = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    steps = (len(data.x_train) // cfg["batch_size"]) * cfg["epochs"]
+    opt = make_optimizer(
+        cfg["lr"],
+        momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"],
+        schedule=cfg["schedule"],
+        total_steps=steps,
+        name=cfg["optimizer"],
+    )
+    print(
+        f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test, {data.num_classes} classes;"
+        f" model {net.name}"
+    )
+    try:
+        result = fit(
+            net,
+            data,
+            opt,
+            epochs=cfg["epochs"],
+            batch_size=cfg["batch_size"],
+            seed=cfg["seed"],
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+            config=cfg,
+            progress=sys.stderr.isatty() and not args.no_progress,
+            log=print,
+        )
+    except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
+        print(f"jaxbp train: {e}", file=sys.stderr)
+        return 3 if isinstance(e, NonFiniteError) else 2
+    if args.plot:
+        from jaxbp.plot import plot_history
+
+        plot_history(result.history, args.plot)
+    if args.json:
+        summary = {
+            "test_accuracy": result.test_accuracy,
+            "train_loss": result.train_loss,
+            "epochs": result.epochs,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "train_seconds": round(result.seconds, 3),
+            "steps_per_second": round(result.steps_per_second, 1),
+            "dataset": data.name,
+            "model": cfg["model"],
+            "seed": cfg["seed"],
+        }
+        print(json.dumps(summary))
+    return 0
