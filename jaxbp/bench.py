@@ -1,0 +1,261 @@
+"""``python -m jaxbp bench``: the hand-written backward against ``jax.value_and_grad``, side by side.
+
+For every model the same params and inputs go through the jit-compiled manual
+value-and-grad and ``jax.jit(jax.value_and_grad(...))`` of the same forward and loss,
+then through the full train step (with the optax update) built either way. Timings
+are medians of alternating blocks (ABAB...); memory and compile time come from XLA.
+Then a large GEMM measures the machine's matmul throughput, and a digits epoch
+compares per-step dispatch, the compiled epoch and PyTorch eager (when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp.backprop import forward_backward
+from jaxbp.bench_epoch import epoch_benchmark
+from jaxbp.bench_models import MODELS, Model, ModelUnavailableError, build
+from jaxbp.bench_timing import (
+    autodiff_forward_backward,
+    compile_stats,
+    gemm_throughput,
+    mlp_step_flops,
+    step_fn_with,
+    time_alternating,
+)
+from jaxbp.step import init_train_state, train_step_fn
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine, JAX and device the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _max_rel_err(a, b) -> float:
+    """The largest |a - b| / max|b| over the leaves of two pytrees."""
+    errs = jax.tree.leaves(
+        jax.tree.map(lambda u, v: float(jnp.max(jnp.abs(u - v)) / (jnp.max(jnp.abs(v)) + 1e-30)), a, b)
+    )
+    return max(errs, default=0.0)
+
+
+def bench_model(model: Model, repeats: int, min_block_s: float, seed: int = 0) -> dict[str, Any]:
+    """Time, size and compile one model's value-and-grad and train step, manual against jax.grad."""
+    net, loss = model.net, model.loss
+    kp, kx, kt, ks = jax.random.split(jax.random.PRNGKey(seed), 4)
+    optimizer = optax.sgd(0.01, momentum=0.9)
+    out_shape, ts = init_train_state(net, optimizer, kp, model.x_shape)
+    x = jax.random.normal(kx, model.x_shape, jnp.float32)
+    target = model.make_target(kt, out_shape)
+
+    def manual_vg(p, x, t, s, k):
+        return forward_backward(net, loss, p, x, t, state=s, key=k, train=True)
+
+    def jax_vg(p, x, t, s, k):
+        return autodiff_forward_backward(net, loss, p, x, t, state=s, key=k, train=True)
+
+    vg_args = (ts.params, x, target, ts.state, ks)
+    step_args = (ts, x, target)
+    compiled, stats = {}, {}
+    for kind, fns, args in (
+        ("vg", {"manual": manual_vg, "jax": jax_vg}, vg_args),
+        (
+            "step",
+            {
+                "manual": train_step_fn(net, loss, optimizer),
+                "jax": step_fn_with(autodiff_forward_backward, net, loss, optimizer),
+            },
+            step_args,
+        ),
+    ):
+        for who, fn in fns.items():
+            compiled[kind, who], stats[kind, who] = compile_stats(fn, *args)
+
+    (v_m, g_m, _), (v_j, g_j, _) = compiled["vg", "manual"](*vg_args), compiled["vg", "jax"](*vg_args)
+    result: dict[str, Any] = {
+        "model": model.name,
+        "description": model.description,
+        "loss_abs_diff": float(abs(v_m - v_j)),
+        "grad_max_rel_err": _max_rel_err(g_m, g_j),
+    }
+    for kind, args in (("vg", vg_args), ("step", step_args)):
+        t = time_alternating(
+            {"manual": (compiled[kind, "manual"], args), "jax": (compiled[kind, "jax"], args)},
+            repeats=repeats,
+            min_block_s=min_block_s,
+        )
+        result[kind] = {
+            "manual_s": t["manual_s"],
+            "jax_s": t["jax_s"],
+            "ratio": t["ratio"],
+            "calls_per_block": t["calls_per_block"],
+            **{f"{who}_{k}": v for who in ("manual", "jax") for k, v in stats[kind, who].items()},
+        }
+    if model.dense_sizes:
+        result["matmul_flops"] = mlp_step_flops(model.dense_sizes, model.x_shape[0])
+        result["step_matmul_flops_per_s"] = result["matmul_flops"] / result["step"]["manual_s"]
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark as configured by the command-line ``args``; return all figures."""
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if not args.silent else (lambda *a: None)
+    out: dict[str, Any] = {"machine": machine_info(), "models": [], "skipped": {}}
+    say(f"jaxbp bench on {out['machine']['device']} ({out['machine']['cpu']}), jax {jax.__version__}")
+    for name in args.models:
+        try:
+            model = build(name, quick=args.quick)
+        except ModelUnavailableError as e:
+            out["skipped"][name] = str(e)
+            say(f"  {name}: skipped ({e})")
+            continue
+        r = bench_model(model, args.repeats, args.min_block)
+        out["models"].append(r)
+        say(f"  {name}: value_and_grad x{r['vg']['ratio']:.3f}, train step x{r['step']['ratio']:.3f}")
+    if args.gemm_n:
+        out["gemm"] = gemm_throughput(args.gemm_n, repeats=max(3, args.repeats // 2))
+        for r in out["models"]:
+            if "step_matmul_flops_per_s" in r:
+                r["step_pct_of_gemm"] = 100 * r["step_matmul_flops_per_s"] / out["gemm"]["flops_per_s"]
+        say(f"  gemm {args.gemm_n}: {out['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
+    if args.epoch:
+        out["epoch"] = epoch_benchmark(
+            batch=args.epoch_batch,
+            repeats=max(3, args.repeats // 3),
+            threads=args.torch_threads,
+            limit=4 if args.quick else None,
+        )
+        say("  digits epoch done")
+    return out
+
+
+def _mib(b) -> str:
+    return "-" if b is None else f"{b / 2**20:.2f}"
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """The results as a Markdown table (readable on a terminal and pasteable into the README)."""
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cpu_count']} cores; device {m['device']} ({m['backend']}); "
+        f"jax {m['jax']}; {m['date']}",
+        "",
+        "| model | vg manual ms | vg jax ms | vg ratio | step manual ms | step jax ms | step ratio "
+        "| temp MiB manual/jax | arg MiB manual/jax | compile s manual/jax |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["models"]:
+        v, s = r["vg"], r["step"]
+        lines.append(
+            f"| {r['description']} | {1e3 * v['manual_s']:.3f} | {1e3 * v['jax_s']:.3f} | {v['ratio']:.3f} "
+            f"| {1e3 * s['manual_s']:.3f} | {1e3 * s['jax_s']:.3f} | {s['ratio']:.3f} "
+            f"| {_mib(v['manual_temp_bytes'])}/{_mib(v['jax_temp_bytes'])} "
+            f"| {_mib(v['manual_argument_bytes'])}/{_mib(v['jax_argument_bytes'])} "
+            f"| {v['manual_compile_s']:.2f}/{v['jax_compile_s']:.2f} |"
+        )
+    for name, why in res["skipped"].items():
+        lines.append(f"| {name}: skipped ({why}) |" + " |" * 9)
+    if "gemm" in res:
+        g = res["gemm"]
+        lines += ["", f"GEMM {g['n']}x{g['n']} float32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s"]
+        for r in res["models"]:
+            if "step_pct_of_gemm" in r:
+                lines.append(
+                    f"{r['description']}: train step at {r['step_matmul_flops_per_s'] / 1e9:.1f} GFLOP/s"
+                    f" (matmul FLOPs) = {r['step_pct_of_gemm']:.1f}% of the GEMM"
+                )
+    if "epoch" in res:
+        e = res["epoch"]
+        lines += [
+            "",
+            f"Digits MLP 64-128-10 epoch ({e['steps']} steps of {e['batch']}): per-step dispatch "
+            f"{1e3 * e['per_step_s']:.1f} ms, compiled epoch {1e3 * e['compiled_s']:.1f} ms "
+            f"({e['compiled_vs_per_step']:.1f}x)",
+        ]
+        if e["torch_s"] is not None:
+            lines.append(
+                f"PyTorch {e['torch_version']} eager ({e['torch_threads']} threads):"
+                f" {1e3 * e['torch_s']:.1f} ms;"
+                f" compiled epoch is {e['compiled_vs_torch']:.1f}x faster"
+            )
+        else:
+            lines.append("PyTorch not installed: torch comparison skipped")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jaxbp bench``."""
+    parser.add_argument(
+        "--models",
+        type=lambda s: s.split(","),
+        default=list(MODELS),
+        help=f"comma-separated subset of {','.join(MODELS)} (default: all)",
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="alternating rounds per timing (default 15)")
+    parser.add_argument("--min-block", type=float, default=0.05, help="seconds per block (default 0.05)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--gemm-n", type=int, default=2048, help="GEMM size for the throughput (0: skip)")
+    parser.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the digits epoch")
+    parser.add_argument("--epoch-batch", type=int, default=32, help="digits epoch batch size (default 32)")
+    parser.add_argument("--torch-threads", type=int, default=2, help="PyTorch threads (default 2)")
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write the figures as JSON to PATH, or to stdout instead of the table",
+    )
+    parser.add_argument("--silent", action="store_true", help="no progress lines on stderr")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``jaxbp bench``; returns the exit status."""
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        print(
+            f"jaxbp bench: unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}",
+            file=sys.stderr,
+        )
+        return 2
+    res = run(args)
+    if args.json == "-":
+        print(json.dumps(res, indent=1, default=_json_default))
+        return 0
+    print(format_table(res))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=_json_default)
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.generic, jax.Array)):
+        return np.asarray(o).tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,133 @@
+"""One training epoch on the digits MLP: per-step dispatch, the compiled epoch, and PyTorch eager.
+
+PyTorch is an optional dependency: without it the torch column is skipped.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from jax import lax
+
+from jaxbp.bench_models import mlp
+from jaxbp.step import init_train_state, make_train_step, train_step_fn
+
+
+def digits_batches(batch: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as ``(steps, batch, 64)`` float32 in [0, 1] and ``(steps, batch)`` int32."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int32)
+    steps = len(x) // batch if limit is None else min(limit, len(x) // batch)
+    n = steps * batch
+    return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
+
+
+def _torch_epoch_fn(params, lr: float, threads: int):
+    """A PyTorch eager epoch over the same MLP and initial params, or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    layers = []
+    for i, p in enumerate(params):
+        if "W" in p:
+            lin = torch.nn.Linear(*p["W"].shape)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.asarray(p["W"]).T.copy()))
+                lin.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
+            layers.append(lin)
+        elif i:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def epoch(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
+            opt.zero_grad(set_to_none=True)
+            value = torch.nn.functional.cross_entropy(model(x), y)
+            value.backward()
+            opt.step()
+        return value.item()
+
+    return epoch, torch.__version__
+
+
+def epoch_benchmark(batch: int = 32, repeats: int = 5, threads: int = 2, limit: int | None = None) -> dict:
+    """Seconds per digits epoch for per-step dispatch, the compiled epoch and PyTorch eager (medians).
+
+    Args:
+      batch: the batch size (the last partial batch is dropped).
+      repeats: timed epochs of each method, interleaved, after one warm-up epoch each.
+      threads: PyTorch intra-op threads (match the cores XLA uses).
+      limit: at most this many steps per epoch (for quick runs).
+
+    Returns:
+      A dict with ``steps``, ``per_step_s``, ``compiled_s``, ``torch_s`` (None without torch),
+      the last losses and the speed-up ratios.
+    """
+    xb, yb = digits_batches(batch, limit)
+    model = mlp("digits", (64, 128, 10), batch)
+    optimizer = optax.sgd(0.1)
+    _, ts0 = init_train_state(model.net, optimizer, jax.random.PRNGKey(0), (batch, 64))
+
+    step = make_train_step(model.net, model.loss, optimizer)
+    body = train_step_fn(model.net, model.loss, optimizer)
+    compiled_epoch = jax.jit(
+        lambda ts, xs, ys: lax.scan(lambda t, b: body(t, *b), ts, (xs, ys)), donate_argnums=0
+    )
+
+    xs_dev, ys_dev = jax.device_put(xb), jax.device_put(yb)
+    x_list, y_list = list(xs_dev), list(ys_dev)
+    state: dict[str, Any] = {"dispatch": jax.tree.map(lambda a: a.copy(), ts0), "scan": ts0}
+
+    def run_dispatch():
+        ts = state["dispatch"]
+        for x, y in zip(x_list, y_list, strict=True):
+            ts, value = step(ts, x, y)
+        state["dispatch"] = ts
+        return value.item()
+
+    def run_compiled():
+        state["scan"], values = compiled_epoch(state["scan"], xs_dev, ys_dev)
+        return float(values[-1])
+
+    methods = {"per_step": run_dispatch, "compiled": run_compiled}
+    torch_version = None
+    torch_fn = _torch_epoch_fn(ts0.params, 0.1, threads)  # same initial params
+    if torch_fn is not None:
+        import torch
+
+        epoch, torch_version = torch_fn
+        tx, ty = torch.from_numpy(xb), torch.from_numpy(yb.astype(np.int64))
+        methods["torch"] = lambda: epoch(tx, ty)
+
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    last: dict[str, float] = {k: fn() for k, fn in methods.items()}  # warm-up (and compilation)
+    for r in range(repeats):
+        for k in methods if r % 2 == 0 else reversed(list(methods)):
+            start = time.perf_counter()
+            last[k] = methods[k]()
+            times[k].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {
+        "batch": batch,
+        "steps": int(xb.shape[0]),
+        "per_step_s": med["per_step"],
+        "compiled_s": med["compiled"],
+        "torch_s": med.get("torch"),
+        "torch_version": torch_version,
+        "torch_threads": threads if torch_version else None,
+        "last_loss": last,
+        "compiled_vs_per_step": med["per_step"] / med["compiled"],
+        "compiled_vs_torch": med["torch"] / med["compiled"] if "torch" in med else None,
+    }
+    return out
