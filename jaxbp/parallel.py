@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxbp.backprop import forward_backward
@@ -67,7 +67,8 @@ def make_mesh(devices: int | Sequence[jax.Device] | None = None, axis_name: str 
                 f" XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
             )
         devices = available[:devices]
-    return jax.make_mesh((len(devices),), (axis_name,), devices=list(devices))
+    # Auto axis: jit may reshard host arrays to the batch sharding (Explicit axes would refuse them)
+    return jax.make_mesh((len(devices),), (axis_name,), axis_types=(AxisType.Auto,), devices=list(devices))
 
 
 def _global_array(x: Any, sharding: NamedSharding) -> Array:
@@ -125,7 +126,9 @@ def _average_varying(tree: Any, axis: str) -> Any:
     """``pmean`` the floating leaves that still differ between shards; leave replicated ones alone."""
 
     def fix(leaf):
-        varying = axis in getattr(jax.typeof(leaf), "vma", ())
+        aval = jax.typeof(leaf)
+        manual = getattr(aval, "manual_axis_type", None)  # JAX's record of the axes a value varies over
+        varying = axis in (manual.varying if manual is not None else getattr(aval, "vma", {axis}))
         return lax.pmean(leaf, axis) if varying and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
     return jax.tree.map(fix, tree)
