@@ -98,7 +98,60 @@ CORE = [
 ]
 
 # --- convolution and pooling (layer catalogue) ---
-CONV: list[Entry] = []
+from jaxbp.layers.conv import Conv1D, Conv2D  # noqa: E402
+from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool  # noqa: E402
+
+
+def _padding(rng, window: tuple[int, ...]):
+    """Padding "SAME", "VALID" or explicit (lo, hi) pairs, each side below ``window``."""
+    kind = int(rng.integers(3))
+    if kind < 2:
+        return ("SAME", "VALID")[kind]
+    return tuple((_i(rng, 0, w - 1), _i(rng, 0, w - 1)) for w in window)
+
+
+def _conv_sample(rng, rank: int) -> tuple[Layer, Shape]:
+    """Odd sizes, batch 1 or 2, strides, dilations, groups and all three padding forms."""
+    G = _i(rng, 1, 3)
+    ks = tuple(_i(rng, 1, 3) for _ in range(rank))
+    dil = tuple(_i(rng, 1, 2) for _ in range(rank))
+    eff = tuple((k - 1) * d + 1 for k, d in zip(ks, dil, strict=True))
+    make = Conv1D if rank == 1 else Conv2D
+    strides = tuple(_i(rng, 1, 3) for _ in range(rank))
+    pad = _padding(rng, tuple(e + 1 for e in eff))  # up to a whole window of padding on a side
+    layer = make(G * _i(rng, 1, 2), ks, strides, pad, dil, G, use_bias=bool(rng.integers(2)))
+    return layer, (_i(rng, 1, 2), *(_i(rng, e, e + 4) for e in eff), G * _i(rng, 1, 2))
+
+
+def _pool_sample(make: Callable[..., Layer]) -> Callable[[np.random.Generator], tuple[Layer, Shape]]:
+    def sample(rng):
+        ws = tuple(_i(rng, 1, 3) for _ in range(_i(rng, 1, 2)))
+        strides = None if rng.integers(2) else tuple(_i(rng, 1, 3) for _ in ws)
+        shape = (_i(rng, 1, 2), *(_i(rng, w, w + 4) for w in ws), _i(rng, 1, 3))
+        return make(ws, strides, _padding(rng, ws), rng), shape
+
+    return sample
+
+
+CONV: list[Entry] = [
+    Entry("Conv2D", lambda rng: _conv_sample(rng, 2), lambda: (Conv2D(4, (3, 3)), (2, 7, 7, 3))),
+    Entry("Conv1D", lambda rng: _conv_sample(rng, 1), lambda: (Conv1D(4, 3, strides=2), (2, 9, 3))),
+    Entry(
+        "MaxPool",
+        _pool_sample(lambda ws, st, pad, rng: MaxPool(ws, st, pad)),
+        lambda: (MaxPool((2, 2)), (2, 6, 6, 3)),
+    ),
+    Entry(
+        "AvgPool",
+        _pool_sample(lambda ws, st, pad, rng: AvgPool(ws, st, pad, count_include_pad=bool(rng.integers(2)))),
+        lambda: (AvgPool((3, 3), (2, 2), "SAME", count_include_pad=False), (2, 7, 7, 2)),
+    ),
+    Entry(
+        "GlobalAvgPool",
+        lambda rng: (GlobalAvgPool(), (_i(rng, 1, 2), *(_i(rng, 1, 5) for _ in range(_i(rng, 1, 2))), 3)),
+        lambda: (GlobalAvgPool(), (2, 5, 5, 3)),
+    ),
+]
 
 # --- normalisation, dropout, embedding, softmax layers (layer catalogue) ---
 NORM: list[Entry] = []
