@@ -154,10 +154,153 @@ CONV: list[Entry] = [
 ]
 
 # --- normalisation, dropout, embedding, softmax layers (layer catalogue) ---
-NORM: list[Entry] = []
+import math  # noqa: E402
+
+from jaxbp.layers.dropout import Dropout  # noqa: E402
+from jaxbp.layers.embedding import Embedding  # noqa: E402
+from jaxbp.layers.norm import BatchNorm, LayerNorm  # noqa: E402
+from jaxbp.layers.softmax import LogSoftmax, Softmax  # noqa: E402
+
+
+def _perturbed(layer: Layer) -> Layer:
+    """``layer`` with random params and non-zero running statistics, so scale != 1 etc. are checked too."""
+
+    def init(key, input_shape):
+        shape, params = layer.init(key, input_shape)
+        leaves, tree = jax.tree.flatten(params)
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        noisy = [p + 0.5 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)]
+        return shape, tree.unflatten(noisy)
+
+    def state(input_shape):
+        wave = lambda s: 0.5 * jax.numpy.sin(jax.numpy.arange(1, s.size + 1, dtype=s.dtype)).reshape(s.shape)  # noqa: E731
+        return jax.tree.map(lambda s: s + wave(s), layer.init_state(input_shape))
+
+    return layer._replace(init=init, init_state=state if layer.init_state else None)
+
+
+def _shape(rng, lo_rank: int, hi_rank: int, hi: int = 5) -> tuple[int, ...]:
+    return tuple(_i(rng, 1, hi) for _ in range(_i(rng, lo_rank, hi_rank)))
+
+
+def _not_two(n: int) -> int:
+    """Over exactly 2 elements a normalised value is +-sqrt(var / (var + eps)) whatever x is, so
+    dx = O(eps / var) * g comes out of a cancellation (both the hand-written backward and
+    jax.vjp are ~1e-11 off in float64, measured against long double): reduction sizes
+    avoid 2 (1 is exact: var 0, dx 0)."""
+    return 3 if n == 2 else n
+
+
+def _ln_shape(rng) -> tuple[int, ...]:
+    shape = _shape(rng, 1, 3, 6)
+    return (*shape[:-1], _not_two(shape[-1]))
+
+
+def _bn_shape(rng) -> tuple[int, ...]:
+    """(B, C) as after Dense or (B, H, W, C) as after Conv2D; batch 1 included (var 0, dx 0)."""
+    shape = _shape(rng, 2, 2, 6) if rng.integers(2) else _shape(rng, 4, 4, 3)
+    return shape if math.prod(shape[:-1]) != 2 else (3, *shape[1:])
+
+
+def _softmax_entry(name: str, make: Callable[[int], Layer]) -> Entry:
+    def sample(rng):
+        shape = _shape(rng, 1, 3)
+        return make(int(rng.integers(-len(shape), len(shape)))), shape
+
+    return Entry(name, sample, lambda: (make(-1), (4, 7)))
+
+
+NORM: list[Entry] = [
+    Entry(
+        "LayerNorm",
+        lambda rng: (_perturbed(LayerNorm(float(rng.choice([1e-5, 1e-2])))), _ln_shape(rng)),
+        lambda: (_perturbed(LayerNorm()), (4, 7)),
+    ),
+    Entry(
+        "BatchNorm",
+        lambda rng: (_perturbed(BatchNorm(float(rng.uniform(0.5, 0.99)))), _bn_shape(rng)),
+        lambda: (_perturbed(BatchNorm()), (4, 7)),
+    ),
+    Entry(
+        "BatchNormEval",
+        lambda rng: (_perturbed(BatchNorm(float(rng.uniform(0.5, 0.99)))), _bn_shape(rng)),
+        lambda: (_perturbed(BatchNorm()), (2, 3, 3, 4)),
+        train=False,
+    ),
+    Entry(
+        "Dropout",
+        lambda rng: (Dropout(float(rng.uniform(0.1, 0.7))), _shape(rng, 1, 4)),
+        lambda: (Dropout(0.5), (4, 7)),
+    ),
+    Entry(
+        "DropoutEval",
+        lambda rng: (Dropout(float(rng.uniform(0.1, 0.7))), _shape(rng, 1, 4)),
+        lambda: (Dropout(0.5), (4, 7)),
+        train=False,
+    ),
+    Entry(
+        "Embedding",
+        lambda rng: (_perturbed(Embedding(_i(rng, 5, 9), _i(rng, 1, 6))), _shape(rng, 1, 2)),
+        lambda: (Embedding(7, 4), (4, 7)),
+        make_input=integer_input(5),
+    ),
+    _softmax_entry("Softmax", lambda axis: Softmax(axis)),
+    _softmax_entry("LogSoftmax", lambda axis: LogSoftmax(axis)),
+]
 
 # --- attention, recurrence, residual and graph combinators (layer catalogue) ---
-SEQUENCE: list[Entry] = []
+from jaxbp.graph import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel  # noqa: E402
+from jaxbp.layers.attention import MultiHeadAttention  # noqa: E402
+from jaxbp.layers.recurrent import LSTM, RNN  # noqa: E402
+
+
+def _odd(rng: np.random.Generator, hi: int) -> int:
+    """An odd size in [1, hi]."""
+    return 2 * _i(rng, 0, (hi - 1) // 2) + 1
+
+
+def _attention_sample(rng):
+    """Batch 1, odd time, head_dim odd (so features is odd whenever the head count is), causal or not."""
+    heads = _i(rng, 1, 3)
+    return MultiHeadAttention(heads, causal=bool(rng.integers(2))), (1, _odd(rng, 5), heads * _odd(rng, 3))
+
+
+def _sequence_shape(rng) -> tuple[int, int, int]:
+    return 1, _odd(rng, 5), _odd(rng, 5)
+
+
+def _residual(features: int) -> Layer:
+    return Residual(jaxbp.serial(jaxbp.Dense(features), jaxbp.Tanh()))
+
+
+def _inception(a: int, b: int) -> Layer:
+    return jaxbp.serial(FanOut(2), parallel(jaxbp.Dense(a), jaxbp.Dense(b)), FanInConcat())
+
+
+def _sum_branches(features: int) -> Layer:
+    return jaxbp.serial(FanOut(3), parallel(jaxbp.Dense(features), jaxbp.Tanh(), Identity()), FanInSum())
+
+
+SEQUENCE: list[Entry] = [
+    Entry("MultiHeadAttention", _attention_sample, lambda: (MultiHeadAttention(3, causal=True), (2, 5, 9))),
+    Entry("RNN", lambda rng: (RNN(_i(rng, 1, 4)), _sequence_shape(rng)), lambda: (RNN(4), (2, 5, 3))),
+    Entry("LSTM", lambda rng: (LSTM(_i(rng, 1, 4)), _sequence_shape(rng)), lambda: (LSTM(4), (2, 5, 3))),
+    Entry(
+        "Residual",
+        lambda rng: (_residual(f := _odd(rng, 5)), (_i(rng, 1, 3), f)),
+        lambda: (_residual(5), (4, 5)),
+    ),
+    Entry(
+        "InceptionBranch",
+        lambda rng: (_inception(_i(rng, 1, 4), _i(rng, 1, 4)), (_i(rng, 1, 3), _odd(rng, 5))),
+        lambda: (_inception(3, 4), (4, 5)),
+    ),
+    Entry(
+        "SumBranches",
+        lambda rng: (_sum_branches(f := _odd(rng, 5)), (_i(rng, 1, 3), f)),
+        lambda: (_sum_branches(5), (4, 5)),
+    ),
+]
 
 CATALOGUE: dict[str, Entry] = {e.name: e for e in CORE + CONV + NORM + SEQUENCE}
 

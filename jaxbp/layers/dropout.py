@@ -1,0 +1,39 @@
+"""Inverted dropout: a random layer (needs a PRNG key in train mode, identity in eval mode)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp.core import Layer, LayerError
+
+
+def Dropout(rate: float) -> Layer:
+    """y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) (train), y = x (eval): any shape -> same."""
+    name = f"Dropout({rate})"
+    if not 0 <= rate < 1:
+        raise LayerError(f"{name}: rate must lie in [0, 1), got {rate}")
+
+    def init(key, input_shape):
+        return tuple(input_shape), ()
+
+    def init_state(input_shape):
+        return ()
+
+    def forward(params, x, *, state, key, train):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise LayerError(f"{name}: needs a floating-point input, got dtype {x.dtype} (shape {x.shape})")
+        if not train or rate == 0:
+            return x, None, state  # identity: res None
+        if key is None:
+            raise LayerError(f"{name}: train mode needs a PRNG key, got key=None (input shape {x.shape})")
+        keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+        return jnp.where(keep, x / (1 - rate), jnp.zeros_like(x)), keep, state
+
+    def backward(params, keep, g):
+        # dx = g * keep / (1 - rate)   (dx = g when keep is None: eval mode or rate 0)
+        if keep is None:
+            return (), g
+        return (), jnp.where(keep, g / (1 - rate), jnp.zeros_like(g))
+
+    return Layer(init, forward, backward, init_state=init_state, name=name)
