@@ -26,9 +26,9 @@ def _per_level(net: Layer, tree) -> tuple:
 
 
 def norm(tree) -> Array:
-    """The Euclidean norm of all leaves of ``tree`` together, in float32 (0 for an empty tree)."""
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.sqrt(sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves), jnp.float32(0)))
+    """The Euclidean norm of all leaves of ``tree`` together, at least float32 (0 for an empty tree)."""
+    squares = [jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in jax.tree.leaves(tree)]
+    return jnp.sqrt(sum(squares, jnp.float32(0)))
 
 
 def backward_with_flow(net: Layer, params: Params, res, g: Array) -> tuple[Params, Array, Array]:

@@ -47,7 +47,7 @@ def cnn(widths: Sequence[int], num_classes: int, dropout: float = 0.0) -> Layer:
     *channels, hidden = widths
     layers: list[Layer] = []
     for c in channels:
-        layers += [Conv2D(c, (3, 3)), BatchNorm(), Relu(), MaxPool((2, 2))]
+        layers += [Conv2D(c, (3, 3), use_bias=False), BatchNorm(), Relu(), MaxPool((2, 2))]
     layers += [Flatten(), Dense(hidden, use_bias=False), BatchNorm(), Relu()]
     if dropout:
         layers.append(Dropout(dropout))

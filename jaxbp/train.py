@@ -34,9 +34,9 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("*", "*"): dict(epochs=10, batch_size=128, lr=0.05, momentum=0.9, weight_decay=0.0, dropout=0.0),
     ("digits", "mlp"): dict(epochs=30, batch_size=32, lr=0.05, weight_decay=1e-4),
     ("digits", "cnn"): dict(epochs=20, batch_size=32, lr=0.05, weight_decay=1e-4),
-    ("fashion-mnist", "mlp"): dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.2),
+    ("fashion-mnist", "mlp"): dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4),
     ("fashion-mnist", "cnn"): dict(epochs=12, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
-    ("mnist", "mlp"): dict(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.2),
+    ("mnist", "mlp"): dict(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4),
     ("mnist", "cnn"): dict(epochs=8, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
 }
 
@@ -157,7 +157,7 @@ def make_epoch(
             return (ts, bad), value
 
         (ts, bad), losses = lax.scan(
-            body, (ts._replace(key=key), jnp.int32(-1)), (jnp.arange(num_batches), rows)
+            body, (ts._replace(key=key), jnp.int32(-1)), (jnp.arange(num_batches, dtype=jnp.int32), rows)
         )
         return EpochOut(ts, losses, bad, rows[jnp.maximum(bad, 0)], before, flow(ts, probe))
 
