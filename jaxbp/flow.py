@@ -27,7 +27,9 @@ def _per_level(net: Layer, tree) -> tuple:
 
 def norm(tree) -> Array:
     """The Euclidean norm of all leaves of ``tree`` together, at least float32 (0 for an empty tree)."""
-    squares = [jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in jax.tree.leaves(tree)]
+    squares = [
+        jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in jax.tree.leaves(tree)
+    ]
     return jnp.sqrt(sum(squares, jnp.float32(0)))
 
 
