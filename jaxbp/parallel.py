@@ -193,6 +193,31 @@ def make_parallel_train_step(
     return jax.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
 
 
+def train_step_fn_for(
+    net: Layer, loss: Loss, optimizer: optax.GradientTransformation, devices: int | None = None
+) -> tuple[Callable, Mesh | None]:
+    """The uncompiled train step for ``--devices N``: what a training program swaps in.
+
+    Args:
+      net: the network (BatchNorm built with ``axis_name=AXIS`` when N > 1).
+      loss: the loss.
+      optimizer: the optax transformation.
+      devices: the device count N; None for all devices.
+
+    Returns:
+      ``(step, mesh)``: for N == 1 the plain :func:`jaxbp.step.train_step_fn` and None (so
+      one-device runs are unchanged); else :func:`parallel_train_step_fn` on an N-device mesh
+      and that mesh. ``step`` works inside ``jax.jit`` / ``lax.scan`` (a compiled epoch);
+      place the train state (and a device-resident data set) with :func:`replicate` first.
+    """
+    from jaxbp.step import train_step_fn
+
+    mesh = make_mesh(devices)
+    if mesh.devices.size == 1:
+        return train_step_fn(net, loss, optimizer), None
+    return parallel_train_step_fn(net, loss, optimizer, mesh), mesh
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--devices N`` (default: all devices) to a command's parser."""
     parser.add_argument(

@@ -48,7 +48,7 @@ def child(out: str) -> None:
 
     from jaxbp.core import LayerError
     from jaxbp.losses import SoftmaxCrossEntropy
-    from jaxbp.parallel import make_mesh, make_parallel_train_step, replicate, shard_batch
+    from jaxbp.parallel import make_mesh, make_parallel_train_step, replicate, shard_batch, train_step_fn_for
     from jaxbp.step import init_train_state, make_train_step
 
     loss, opt = SoftmaxCrossEntropy(), optax.sgd(0.1, momentum=0.9)
@@ -90,6 +90,14 @@ def child(out: str) -> None:
                         shard_batch(mesh, xs[0][:7])
                     except LayerError as e:
                         report["shard-error"] = str(e)
+
+    # a compiled epoch as a training program builds it: lax.scan of the step over a replicated data set
+    pnet = nets()["mlp"][0]
+    step_fn, mesh = train_step_fn_for(pnet, loss, opt, 4)
+    _, ts = init_train_state(pnet, opt, jax.random.PRNGKey(0), (BATCH, FEATURES))
+    epoch = jax.jit(lambda ts, xs, ys: jax.lax.scan(lambda ts, b: step_fn(ts, *b), ts, (xs, ys)))
+    ts, _ = epoch(*replicate(mesh, (ts, xs, ts_)))
+    save("mlp-scan", ts)
     Path(f"{out}/report.json").write_text(json.dumps(report))
 
 
@@ -117,6 +125,11 @@ def test_same_params_as_one_device_training(results, name, n):
     out, report = results
     assert report["device_count"] == 4
     assert_trees_close(load(out, f"{name}-{n}"), load(out, f"{name}-ref"), RTOL, f"{name} on {n} devices")
+
+
+def test_parallel_step_inside_a_compiled_epoch(results):
+    out, _ = results
+    assert_trees_close(load(out, "mlp-scan"), load(out, "mlp-ref"), RTOL, "lax.scan epoch on 4 devices")
 
 
 def test_batch_not_divisible_by_device_count_is_a_clear_error(results):
