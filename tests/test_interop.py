@@ -61,11 +61,11 @@ def test_jax_grad_through_it_equals_manual_value_and_grad(key):
     f = as_custom_vjp(net)
     # t passes through jit as an argument: SoftmaxCrossEntropy's label check needs it traced or concrete
     value, grads = jax.jit(jax.value_and_grad(lambda p, t: LOSS.forward(f(p, x), t)[0]))(params, t)
-    want_value, want = value_and_grad(net, LOSS)(params, x, t)
+    want_value, want = jax.jit(value_and_grad(net, LOSS))(params, x, t)
     assert abs(float(value - want_value)) <= TOL
     assert_trees_close(grads, want, TOL, "jax.grad(as_custom_vjp)")
-    dx = jax.grad(lambda x: LOSS.forward(f(params, x), t)[0])(x)
-    dx_want = jax.grad(lambda x: autodiff_loss(net, params, x, t))(x)
+    dx = jax.jit(jax.grad(lambda x, t: LOSS.forward(f(params, x), t)[0]))(x, t)
+    dx_want = jax.jit(jax.grad(lambda x, t: autodiff_loss(net, params, x, t)))(x, t)
     assert_trees_close(dx, dx_want, TOL, "dx")
 
 
@@ -94,14 +94,14 @@ def test_vmap_grad_gives_per_example_manual_gradients(key):
     def example_loss(p, x_i, t_i):
         return LOSS.forward(f(p, x_i[None]), t_i[None])[0]
 
-    got = jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0))(params, x, t)
-    losses, manual = per_example_grads(net, LOSS)(params, x, t)
-    oracle = jax.vmap(jax.grad(lambda p, x_i, t_i: autodiff_loss(net, p, x_i[None], t_i[None])),
-                      in_axes=(None, 0, 0))(params, x, t)
+    got = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))(params, x, t)
+    losses, manual = jax.jit(per_example_grads(net, LOSS))(params, x, t)
+    oracle = jax.jit(jax.vmap(jax.grad(lambda p, x_i, t_i: autodiff_loss(net, p, x_i[None], t_i[None])),
+                              in_axes=(None, 0, 0)))(params, x, t)
     assert losses.shape == (B,)
     assert_trees_close(manual, oracle, TOL, "per_example_grads vs vmap(jax.grad)")
     assert_trees_close(got, oracle, TOL, "vmap(jax.grad(as_custom_vjp))")
-    _, batch = value_and_grad(net, LOSS)(params, x, t)
+    _, batch = jax.jit(value_and_grad(net, LOSS))(params, x, t)
     assert_trees_close(jax.tree.map(lambda a: a.mean(0), manual), batch, TOL, "mean of per-example grads")
 
 
@@ -146,20 +146,22 @@ def test_stateful_network(key):
     state, k = init_state(net, (B, D)), jax.random.PRNGKey(7)
     f = as_custom_vjp(net)
 
-    def objective(p):
+    def objective(p, t):
         y, new_state = f(p, x, state, k)
         return LOSS.forward(y, t)[0], new_state
 
-    (value, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    (want_value, want_state), want = value_and_grad(net, LOSS)(params, x, t, state=state, key=k)
+    (value, new_state), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params, t)
+    manual_vg = jax.jit(lambda p, x, t: value_and_grad(net, LOSS)(p, x, t, state=state, key=k))
+    (want_value, want_state), want = manual_vg(params, x, t)
     assert abs(float(value - want_value)) <= TOL
     assert_trees_close(grads, want, TOL, "stateful grads")
     assert float(new_state[2]["count"]) == 1.0 == float(want_state[2]["count"])
 
-    _, manual = per_example_grads(net, LOSS)(params, x, t, state=state, key=k, train=True)
-    oracle = jax.vmap(
+    pe = per_example_grads(net, LOSS)
+    _, manual = jax.jit(lambda p, x, t: pe(p, x, t, state=state, key=k, train=True))(params, x, t)
+    oracle = jax.jit(jax.vmap(
         jax.grad(lambda p, i, x_i, t_i: autodiff_loss(
             net, p, x_i[None], t_i[None], state=state, key=jax.random.fold_in(k, i), train=True)),
         in_axes=(None, 0, 0, 0),
-    )(params, jnp.arange(B), x, t)
+    ))(params, jnp.arange(B), x, t)
     assert_trees_close(manual, oracle, TOL, "stateful per_example_grads")
