@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Loss, LayerError
+from jaxbp.core import LayerError, Loss
 
 
 def _is_concrete(x) -> bool:
@@ -36,15 +36,18 @@ def SoftmaxCrossEntropy() -> Loss:
                 )
         shifted = logits - lax.stop_gradient(logits.max(-1, keepdims=True))
         logp = shifted - jnp.log(jnp.exp(shifted).sum(-1, keepdims=True))
-        t = jax.nn.one_hot(target, num_classes, dtype=logits.dtype) if integer else target.astype(logits.dtype)
+        dtype = logits.dtype
+        t = jax.nn.one_hot(target, num_classes, dtype=dtype) if integer else target.astype(dtype)
         n = math.prod(logits.shape[:-1])
         value = -(t * logp).sum() / n
-        return value, (jnp.exp(logp), t)
+        return value, (jnp.exp(logp), target if integer else t)  # labels stay int: no float one-hot kept
 
     def backward(res):
-        # dz = (softmax(z) * sum_c t - t) / N   (= (softmax(z) - t) / N when each row of t sums to 1)
+        # dz = (softmax(z) * sum_c t - t) / N;  = (softmax(z) - onehot(labels)) / N for integer labels
         p, t = res
         n = math.prod(p.shape[:-1])
+        if jnp.issubdtype(t.dtype, jnp.integer):
+            return (p - jax.nn.one_hot(t, p.shape[-1], dtype=p.dtype)) / n
         return (p * t.sum(-1, keepdims=True) - t) / n
 
     return Loss(forward, backward, name="SoftmaxCrossEntropy")
@@ -55,7 +58,9 @@ def MeanSquaredError() -> Loss:
 
     def forward(pred, target):
         if pred.shape != target.shape:
-            raise LayerError(f"MeanSquaredError: target shape {target.shape} != prediction shape {pred.shape}")
+            raise LayerError(
+                f"MeanSquaredError: target shape {target.shape} != prediction shape {pred.shape}"
+            )
         diff = pred - target.astype(pred.dtype)
         return jnp.mean(diff * diff), diff
 
