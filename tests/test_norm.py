@@ -187,6 +187,9 @@ def test_embedding_errors_and_out_of_range_under_jit():
     y, dtable = run(jnp.array([1, 7, -1]))
     assert np.all(np.isnan(y[1:])) and np.all(np.isfinite(y[0]))
     np.testing.assert_array_equal(dtable.sum(1), [0, 3, 0, 0, 0])
+    concrete = jnp.array([2, 9])  # closed over by a jit: still concrete, still checked
+    with pytest.raises(LayerError, match=r"got values in \[2, 9\]"):
+        jax.jit(lambda p: emb.forward(p, concrete)[0])(params)
 
 
 # --- Softmax / LogSoftmax ---

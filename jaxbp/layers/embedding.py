@@ -36,7 +36,8 @@ def Embedding(
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise LayerError(f"{name}: needs integer ids, got dtype {ids.dtype} (shape {ids.shape})")
         if not isinstance(ids, jax.core.Tracer) and ids.size:
-            lo, hi = int(ids.min()), int(ids.max())
+            with jax.ensure_compile_time_eval():  # concrete ids closed over by a jit stay concrete
+                lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= num_embeddings:
                 raise LayerError(
                     f"{name}: ids must lie in [0, {num_embeddings}), got values in [{lo}, {hi}]"
