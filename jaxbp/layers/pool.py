@@ -29,7 +29,7 @@ from jaxbp.layers.conv import Padding, resolve_padding
 
 def _window(name: str, window_shape, strides, padding):
     ws = tuple(window_shape)
-    st = ws if strides is None else tuple(strides)
+    st = ws if strides is None else (strides,) * len(ws) if isinstance(strides, int) else tuple(strides)
     if not ws or len(st) != len(ws) or not all(isinstance(v, int) and v >= 1 for v in ws + st):
         raise LayerError(
             f"{name}: window_shape and strides must be equal-length positive ints, got {ws}, {st}"
@@ -73,7 +73,7 @@ def _place(v, a, pads, x_shape, st):
 
 
 def MaxPool(
-    window_shape: Sequence[int], strides: Sequence[int] | None = None, padding: Padding = "VALID"
+    window_shape: Sequence[int], strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
 ) -> Layer:
     """Max over windows: (N, *spatial, C) -> (N, *out_spatial, C); gradient to the first max of a window."""
     name = f"MaxPool({tuple(window_shape)})"
@@ -123,7 +123,7 @@ def _valid_counts(spatial, pads, ws, st, out) -> np.ndarray:
 
 def AvgPool(
     window_shape: Sequence[int],
-    strides: Sequence[int] | None = None,
+    strides: int | Sequence[int] | None = None,
     padding: Padding = "VALID",
     count_include_pad: bool = True,
 ) -> Layer:
