@@ -43,11 +43,11 @@ def SoftmaxCrossEntropy() -> Loss:
         return value, (jnp.exp(logp), target if integer else t)  # labels stay int: no float one-hot kept
 
     def backward(res):
-        # dz = (softmax(z) * sum_c t - t) / N;  = (softmax(z) - onehot(labels)) / N for integer labels
+        # dz = (softmax(z) * sum_c t - t) / N;  = (softmax(z) - [c == label]) / N for integer labels
         p, t = res
         n = math.prod(p.shape[:-1])
-        if jnp.issubdtype(t.dtype, jnp.integer):
-            return (p - jax.nn.one_hot(t, p.shape[-1], dtype=p.dtype)) / n
+        if jnp.issubdtype(t.dtype, jnp.integer):  # a select on the label mask, no float one-hot
+            return jnp.where(lax.broadcasted_iota(t.dtype, p.shape, p.ndim - 1) == t[..., None], p - 1, p) / n
         return (p * t.sum(-1, keepdims=True) - t) / n
 
     return Loss(forward, backward, name="SoftmaxCrossEntropy")
