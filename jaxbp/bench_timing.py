@@ -128,14 +128,20 @@ def time_alternating(
     return out
 
 
-def gemm_throughput(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> dict[str, float]:
-    """FLOP/s of an ``n x n @ n x n`` GEMM compiled by XLA (median of ``repeats`` blocks)."""
+def make_gemm(n: int = 2048, dtype=jnp.float32) -> tuple[Callable, tuple, float]:
+    """A compiled ``n x n @ n x n`` GEMM, its operands and its FLOPs (``2 n**3``)."""
     ka, kb = jax.random.split(jax.random.PRNGKey(0))
     a = jax.random.normal(ka, (n, n), dtype)
     b = jax.random.normal(kb, (n, n), dtype)
     compiled, _ = compile_stats(jnp.matmul, a, b)
-    t = time_alternating({"gemm": (compiled, (a, b))}, repeats=repeats, min_block_s=0.2)["gemm_s"]
-    return {"n": n, "seconds": t, "flops_per_s": 2.0 * n**3 / t}
+    return compiled, (a, b), 2.0 * n**3
+
+
+def gemm_throughput(n: int = 2048, repeats: int = 7) -> dict[str, float]:
+    """FLOP/s of an ``n x n`` float32 GEMM compiled by XLA (median of ``repeats`` blocks)."""
+    fn, args, flops = make_gemm(n)
+    t = time_alternating({"gemm": (fn, args)}, repeats=repeats, min_block_s=0.2)["gemm_s"]
+    return {"n": n, "seconds": t, "flops_per_s": flops / t}
 
 
 def mlp_step_flops(sizes: tuple[int, ...], batch: int) -> float:
