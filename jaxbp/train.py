@@ -1,9 +1,10 @@
 """``python -m jaxbp train``: the textbook loop, compiled one epoch at a time.
 
-For each epoch: shuffle with the run's key, then ``lax.scan`` over the batches — forward
-through levels 1..N, backward from N to 1 by hand, optax update — as one compiled program,
-then evaluate on the test split. The last partial batch of each epoch is dropped (a fresh
-shuffle every epoch, so every example is seen). Checkpoints are saved after every epoch.
+For each epoch: shuffle with the run's key, then for each batch forward through the levels,
+backward from the top level down by hand, optax update — the whole epoch one compiled
+``lax.scan`` (see :mod:`jaxbp.epoch`) — then evaluate on the test split. The last partial
+batch of each epoch is dropped (a fresh shuffle every epoch, so every example is seen).
+Checkpoints are saved after every epoch.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
 from jaxbp import checkpoint
 from jaxbp.core import Layer, Loss, layer_name
 from jaxbp.data import DATASETS, DataError, Dataset, load_dataset, standardize
-from jaxbp.flow import NonFinite, flow_norms, levels, locate_nonfinite
+from jaxbp.epoch import choose_epoch_builder
+from jaxbp.flow import NonFinite, levels, locate_nonfinite
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.models import MODELS, build_model
-from jaxbp.step import TrainState, init_train_state, make_predict, train_step_fn
+from jaxbp.step import TrainState, init_train_state, make_predict
 
 # Per (dataset, model) defaults for flags left unset; anything else falls back to "*".
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -35,7 +36,7 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("digits", "mlp"): dict(epochs=30, batch_size=32, lr=0.05, weight_decay=1e-4),
     ("digits", "cnn"): dict(epochs=20, batch_size=32, lr=0.05, weight_decay=1e-4),
     ("fashion-mnist", "mlp"): dict(epochs=30, batch_size=128, lr=0.05, weight_decay=5e-4),
-    ("fashion-mnist", "cnn"): dict(epochs=12, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
+    ("fashion-mnist", "cnn"): dict(epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.2),
     ("mnist", "mlp"): dict(epochs=20, batch_size=128, lr=0.05, weight_decay=5e-4),
     ("mnist", "cnn"): dict(epochs=8, batch_size=128, lr=0.05, weight_decay=5e-4, dropout=0.3),
 }
@@ -98,72 +99,6 @@ def make_optimizer(
     return optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
 
 
-class EpochOut(NamedTuple):
-    """What a compiled epoch returns (see :func:`make_epoch`)."""
-
-    train_state: TrainState
-    losses: jax.Array  # (num_batches,) per-step training loss
-    bad_batch: jax.Array  # int32, -1 when every step was finite
-    bad_rows: jax.Array  # (batch_size,) example indices of the bad batch
-    flow_before: tuple[jax.Array, jax.Array]  # (dx_norms, dparam_norms) on the probe batch
-    flow_after: tuple[jax.Array, jax.Array]
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]).all()
-
-
-def make_epoch(
-    net: Layer,
-    loss: Loss,
-    optimizer: optax.GradientTransformation,
-    batch_size: int,
-    tick: Callable[[Any], None] | None = None,
-) -> Callable:
-    """One compiled epoch ``(ts, x, y, probe) -> EpochOut``; ``ts`` is donated.
-
-    The epoch splits ``ts.key`` into the next key and a shuffle key, permutes the training set,
-    drops the last partial batch and scans :func:`~jaxbp.step.train_step_fn` over the batches.
-    A step whose loss or new params are non-finite is not applied, nor is any step after it:
-    ``ts`` is then the state just before batch ``bad_batch`` (``-1`` when all were finite),
-    whose example indices are ``bad_rows``. ``tick(i)`` is called from the device every few
-    batches when given (progress bars). ``probe = (x, target, key)`` is a fixed batch on which
-    the per-level gradient norms are measured before and after the epoch. This builder is the
-    one place a data-parallel (``--devices``) epoch would replace.
-    """
-    step = train_step_fn(net, loss, optimizer)
-
-    def flow(ts, probe):
-        px, py, pkey = probe
-        return flow_norms(net, loss, ts.params, ts.state, pkey, px, py)
-
-    def epoch(ts: TrainState, x, y, probe) -> EpochOut:
-        before = flow(ts, probe)
-        key, shuffle_key = jax.random.split(ts.key)
-        num_batches = x.shape[0] // batch_size
-        rows = jax.random.permutation(shuffle_key, x.shape[0])[: num_batches * batch_size]
-        rows = rows.reshape(num_batches, batch_size)
-        every = max(1, num_batches // 50)
-
-        def body(carry, i_idx):
-            ts, bad = carry
-            i, idx = i_idx
-            new, value = step(ts, x[idx], y[idx])
-            ok = jnp.isfinite(value) & _all_finite(new.params) & (bad < 0)
-            ts = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, ts)
-            bad = jnp.where((bad < 0) & ~ok, i, bad)
-            if tick is not None:
-                lax.cond(i % every == 0, lambda: jax.debug.callback(tick, i), lambda: None)
-            return (ts, bad), value
-
-        (ts, bad), losses = lax.scan(
-            body, (ts._replace(key=key), jnp.int32(-1)), (jnp.arange(num_batches, dtype=jnp.int32), rows)
-        )
-        return EpochOut(ts, losses, bad, rows[jnp.maximum(bad, 0)], before, flow(ts, probe))
-
-    return jax.jit(epoch, donate_argnums=0)
-
-
 def make_evaluate(net: Layer, chunk: int = 1000) -> Callable:
     """``evaluate(params, state, x, y) -> accuracy`` over fixed-size chunks (one compilation)."""
     predict = make_predict(net)
@@ -212,7 +147,7 @@ def fit(
     progress: bool = False,
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[int, dict], None] | None = None,
-    epoch_builder: Callable = make_epoch,
+    epoch_builder: Callable | None = None,
 ) -> FitResult:
     """Train ``net`` on ``data`` with the hand-written backward.
 
@@ -231,7 +166,8 @@ def fit(
       progress: show a tqdm bar per epoch (for terminals).
       log: called with one line per epoch (None: silent).
       on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's checkpoint.
-      epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :func:`make_epoch`).
+      epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :mod:`jaxbp.epoch`);
+        default :func:`~jaxbp.epoch.choose_epoch_builder`'s pick.
 
     Returns:
       A :class:`FitResult`.
@@ -276,6 +212,7 @@ def fit(
         if bar is not None:
             bar.update(int(i) + 1 - bar.n)
 
+    epoch_builder = epoch_builder or choose_epoch_builder(net)
     epoch_fn = epoch_builder(net, loss, optimizer, batch_size, tick if progress else None)
     epoch_seconds = []
     for e in range(start + 1, epochs + 1):
