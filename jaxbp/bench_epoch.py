@@ -30,13 +30,13 @@ def digits_batches(batch: int, limit: int | None = None) -> tuple[np.ndarray, np
     return x[:n].reshape(steps, batch, -1), y[:n].reshape(steps, batch)
 
 
-def _torch_epoch_fn(params, lr: float, threads: int):
-    """A PyTorch eager epoch over the same MLP and initial params, or None without torch."""
+def _torch_epoch_fn(params, lr: float):
+    """``(epoch(xs, ys, threads), version)``: a PyTorch eager epoch over the same MLP and initial
+    params, or None without torch."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(threads)
     layers = []
     for i, p in enumerate(params):
         if "W" in p:
@@ -50,7 +50,8 @@ def _torch_epoch_fn(params, lr: float, threads: int):
     model = torch.nn.Sequential(*layers)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
-    def epoch(xs, ys):
+    def epoch(xs, ys, threads):
+        torch.set_num_threads(threads)
         for x, y in zip(xs, ys, strict=True):
             opt.zero_grad(set_to_none=True)
             value = torch.nn.functional.cross_entropy(model(x), y)
@@ -61,18 +62,20 @@ def _torch_epoch_fn(params, lr: float, threads: int):
     return epoch, torch.__version__
 
 
-def epoch_benchmark(batch: int = 32, repeats: int = 5, threads: int = 2, limit: int | None = None) -> dict:
+def epoch_benchmark(
+    batch: int = 32, repeats: int = 5, threads: tuple[int, ...] = (2, 1), limit: int | None = None
+) -> dict:
     """Seconds per digits epoch for per-step dispatch, the compiled epoch and PyTorch eager (medians).
 
     Args:
       batch: the batch size (the last partial batch is dropped).
       repeats: timed epochs of each method, interleaved, after one warm-up epoch each.
-      threads: PyTorch intra-op threads (match the cores XLA uses).
+      threads: PyTorch intra-op thread counts to time; the first should match the cores XLA uses.
       limit: at most this many steps per epoch (for quick runs).
 
     Returns:
-      A dict with ``steps``, ``per_step_s``, ``compiled_s``, ``torch_s`` (None without torch),
-      the last losses and the speed-up ratios.
+      A dict with ``steps``, ``per_step_s``, ``compiled_s``, ``torch_s`` (``{threads: seconds}``,
+      empty without torch), the last losses and the speed-ups of the compiled epoch.
     """
     xb, yb = digits_batches(batch, limit)
     model = mlp("digits", (64, 128, 10), batch)
@@ -102,13 +105,14 @@ def epoch_benchmark(batch: int = 32, repeats: int = 5, threads: int = 2, limit: 
 
     methods = {"per_step": run_dispatch, "compiled": run_compiled}
     torch_version = None
-    torch_fn = _torch_epoch_fn(ts0.params, 0.1, threads)  # same initial params
+    torch_fn = _torch_epoch_fn(ts0.params, 0.1)  # same initial params
     if torch_fn is not None:
         import torch
 
         epoch, torch_version = torch_fn
         tx, ty = torch.from_numpy(xb), torch.from_numpy(yb.astype(np.int64))
-        methods["torch"] = lambda: epoch(tx, ty)
+        for n in threads:
+            methods[f"torch_{n}"] = lambda n=n: epoch(tx, ty, n)
 
     times: dict[str, list[float]] = {k: [] for k in methods}
     last: dict[str, float] = {k: fn() for k, fn in methods.items()}  # warm-up (and compilation)
@@ -123,11 +127,10 @@ def epoch_benchmark(batch: int = 32, repeats: int = 5, threads: int = 2, limit: 
         "steps": int(xb.shape[0]),
         "per_step_s": med["per_step"],
         "compiled_s": med["compiled"],
-        "torch_s": med.get("torch"),
+        "torch_s": {n: med[f"torch_{n}"] for n in threads if f"torch_{n}" in med},
         "torch_version": torch_version,
-        "torch_threads": threads if torch_version else None,
         "last_loss": last,
         "compiled_vs_per_step": med["per_step"] / med["compiled"],
-        "compiled_vs_torch": med["torch"] / med["compiled"] if "torch" in med else None,
+        "compiled_vs_torch": {n: med[f"torch_{n}"] / med["compiled"] for n in threads if f"torch_{n}" in med},
     }
     return out
