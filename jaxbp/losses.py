@@ -29,7 +29,8 @@ def SoftmaxCrossEntropy() -> Loss:
             )
         num_classes = logits.shape[-1]
         if integer and _is_concrete(target) and target.size:
-            lo, hi = int(target.min()), int(target.max())
+            with jax.ensure_compile_time_eval():  # concrete labels closed over by a jit stay checkable
+                lo, hi = int(target.min()), int(target.max())
             if lo < 0 or hi >= num_classes:
                 raise LayerError(
                     f"SoftmaxCrossEntropy: labels must lie in [0, {num_classes}), got values in [{lo}, {hi}]"

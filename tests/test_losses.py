@@ -81,3 +81,11 @@ def test_bad_targets_raise_clear_errors():
         jaxbp.MeanSquaredError().forward(z, jnp.zeros((4, 1)))
     with pytest.raises(jaxbp.LayerError, match=r"target shape \(3,\) != logits shape \(4, 3\)"):
         jaxbp.BinaryCrossEntropyWithLogits().forward(z, jnp.zeros(3))
+
+
+def test_concrete_labels_closed_over_by_jit_are_checked():
+    z = jnp.zeros((2, 3))
+    good, bad = jnp.array([0, 2]), jnp.array([0, 3])
+    assert np.isfinite(jax.jit(lambda z: jaxbp.SoftmaxCrossEntropy().forward(z, good)[0])(z))
+    with pytest.raises(jaxbp.LayerError, match=r"labels must lie in \[0, 3\)"):
+        jax.jit(lambda z: jaxbp.SoftmaxCrossEntropy().forward(z, bad)[0])(z)
