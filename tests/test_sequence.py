@@ -19,8 +19,7 @@ B, T, F = 2, 5, 6  # one sequence shape for most tests (few shapes = few compile
 
 def random_params(layer, shape, key):
     """float64 params, every leaf (biases too) drawn at random so no term hides behind a zero."""
-    _, params = layer.init(key, shape)
-    leaves, tree = jax.tree.flatten(params)
+    leaves, tree = jax.tree.flatten(jax.eval_shape(lambda k: layer.init(k, shape)[1], key))
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
     return tree.unflatten([0.5 * jax.random.normal(k, p.shape, jnp.float64) for p, k in zip(leaves, keys)])  # noqa: B905
 
@@ -45,24 +44,28 @@ def manual_and_autodiff(net, loss, params, x, target, **kw):
 # --- forwards against independent formulations ---
 
 
+def reference_attention(p, x, heads, causal):
+    """(float64 per-head loop, jax.nn.dot_product_attention) versions of the layer's forward."""
+    d = F // heads
+    q, k, v = ((x @ p[f"W{j}"] + p[f"b{j}"]).reshape(B, T, heads, d) for j in "qkv")  # bk must not matter
+    allowed = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
+    o = []
+    for h in range(heads):
+        scores = jnp.einsum("btd,bsd->bts", q[:, :, h], k[:, :, h]) / np.sqrt(d)
+        o.append(jax.nn.softmax(jnp.where(allowed, scores, -np.inf), axis=-1) @ v[:, :, h])
+    o_nn = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(B, T, F)
+    return jnp.concatenate(o, -1) @ p["Wo"] + p["bo"], o_nn @ p["Wo"] + p["bo"]
+
+
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_forward_matches_jax_nn(causal, key):
+def test_attention_forward_matches_references(causal, key):
     layer = MultiHeadAttention(2, causal=causal)
     p = random_params(layer, (B, T, F), key)
     x = jax.random.normal(key, (B, T, F), jnp.float64)
-    heads = lambda a: a.reshape(B, T, 2, F // 2)  # noqa: E731
-    q, k, v = (heads(x @ p[f"W{j}"] + p[f"b{j}"]) for j in "qkv")  # bk included: it must not matter
-    y, _ = layer.forward(p, x)
-    # jax.nn's attention runs its softmax in float32: it pins the conventions (scale, mask direction)
-    o = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(B, T, F)
-    np.testing.assert_allclose(y, o @ p["Wo"] + p["bo"], rtol=1e-5, atol=1e-6)
-    # a float64 per-head loop pins the values
-    allowed = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
-    o = []
-    for h in range(2):
-        scores = jnp.einsum("btd,bsd->bts", q[:, :, h], k[:, :, h]) / np.sqrt(F // 2)
-        o.append(jax.nn.softmax(jnp.where(allowed, scores, -np.inf), axis=-1) @ v[:, :, h])
-    np.testing.assert_allclose(y, jnp.concatenate(o, -1) @ p["Wo"] + p["bo"], rtol=1e-12, atol=1e-12)
+    y, (loop, nn) = jax.jit(lambda p, x: (layer.forward(p, x)[0], reference_attention(p, x, 2, causal)))(p, x)
+    np.testing.assert_allclose(y, loop, rtol=1e-12, atol=1e-12)
+    # jax.nn's attention runs its softmax in float32; it pins the conventions (scale, mask direction)
+    np.testing.assert_allclose(y, nn, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_causal_output_ignores_the_future(key):
@@ -102,9 +105,9 @@ def test_recurrent_forward_matches_python_loop(make, reference, key):
     layer = make(4)
     p = random_params(layer, (B, T, F), key)
     x = jax.random.normal(key, (B, T, F), jnp.float64)
-    y, _ = layer.forward(p, x)
+    y, want = jax.jit(lambda p, x: (layer.forward(p, x)[0], reference(p, x)))(p, x)
     assert y.shape == (B, T, 4)
-    np.testing.assert_allclose(y, reference(p, x), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-13)
 
 
 def test_lstm_init_forget_bias_one(key):
