@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError
+from jaxbp.core import Layer, LayerError, check_param_shapes
 
 _PROJ = ("q", "k", "v", "o")
 
@@ -38,7 +38,7 @@ def MultiHeadAttention(
     if num_heads < 1:
         raise LayerError(f"{name}: num_heads must be >= 1, got {num_heads}")
 
-    def check(shape, features=None):
+    def check(shape):
         shape = tuple(shape)
         if len(shape) != 3:
             raise LayerError(f"{name}: needs an input (batch, time, features), got shape {shape}")
@@ -46,8 +46,6 @@ def MultiHeadAttention(
             raise LayerError(
                 f"{name}: features {shape[-1]} of input {shape} not divisible by {num_heads} heads"
             )
-        if features is not None and shape[-1] != features:
-            raise LayerError(f"{name}: input shape {shape} does not fit W of shape ({features}, {features})")
 
     def init(key, input_shape):
         check(input_shape)
@@ -58,8 +56,10 @@ def MultiHeadAttention(
         return tuple(input_shape), params
 
     def forward(params, x):
-        check(x.shape, params["Wq"].shape[0])
+        check(x.shape)
         B, T, F = x.shape
+        expected = {**{f"W{p}": (F, F) for p in _PROJ}, **{f"b{p}": (F,) for p in _PROJ}}
+        check_param_shapes(name, expected, params)
         heads = (B, T, num_heads, F // num_heads)
         scale = 1 / math.sqrt(F // num_heads)
         q = (_dense(x, params["Wq"], params["bq"]) * scale).reshape(heads)  # pre-scaled by 1/sqrt(d)
