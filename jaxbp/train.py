@@ -10,6 +10,7 @@ Checkpoints are saved after every epoch.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -119,6 +120,38 @@ def make_evaluate(net: Layer, chunk: int = 1000) -> Callable:
     return evaluate
 
 
+# Compiled pieces are cached per (network, loss, optimizer, ...) object, so fitting the same
+# model again (resuming, several data sets of one shape) does not compile again.
+_DEFAULT_LOSS = SoftmaxCrossEntropy()
+
+
+def _cached(make: Callable) -> Callable:
+    """``make`` memoised on its arguments when they are hashable (Layer, Loss, optax transforms are)."""
+    memo = functools.lru_cache(maxsize=8)(make)
+
+    def get(*args):
+        try:
+            hash(args)
+        except TypeError:
+            return make(*args)
+        return memo(*args)
+
+    return get
+
+
+@_cached
+def _compiled_init(net: Layer, optimizer: optax.GradientTransformation, in_shape: tuple) -> Callable:
+    return jax.jit(lambda key: init_train_state(net, optimizer, key, in_shape)[1])
+
+
+@_cached
+def _compiled_epoch(builder: Callable, net: Layer, loss: Loss, optimizer, batch_size: int) -> Callable:
+    return builder(net, loss, optimizer, batch_size, None)
+
+
+_compiled_evaluate = _cached(make_evaluate)
+
+
 def _new_history(net: Layer) -> dict:
     ls = levels(net)
     return {
@@ -178,13 +211,13 @@ def fit(
       ValueError: a batch size larger than the training set.
     """
     t0 = time.perf_counter()
-    loss = loss or SoftmaxCrossEntropy()
+    loss = loss or _DEFAULT_LOSS
     if not 0 < batch_size <= len(data.x_train):
         raise ValueError(
             f"batch size {batch_size} must lie in [1, {len(data.x_train)}] (the training set's size)"
         )
     in_shape = (batch_size, *data.x_train.shape[1:])
-    ts = jax.jit(lambda k: init_train_state(net, optimizer, k, in_shape)[1])(jax.random.PRNGKey(seed))
+    ts = _compiled_init(net, optimizer, in_shape)(jax.random.PRNGKey(seed))
     history, start = _new_history(net), 0
     if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
         ts, meta = checkpoint.load(checkpoint_dir, ts)
@@ -199,7 +232,7 @@ def fit(
 
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     probe = (x[:batch_size], y[:batch_size], jax.random.PRNGKey(seed + 1))
-    evaluate = make_evaluate(net)
+    evaluate = _compiled_evaluate(net)
     num_batches = len(data.x_train) // batch_size
 
     def record_flow(norms):
@@ -213,7 +246,10 @@ def fit(
             bar.update(int(i) + 1 - bar.n)
 
     epoch_builder = epoch_builder or choose_epoch_builder(net)
-    epoch_fn = epoch_builder(net, loss, optimizer, batch_size, tick if progress else None)
+    if progress:
+        epoch_fn = epoch_builder(net, loss, optimizer, batch_size, tick)
+    else:
+        epoch_fn = _compiled_epoch(epoch_builder, net, loss, optimizer, batch_size)
     epoch_seconds = []
     for e in range(start + 1, epochs + 1):
         te = time.perf_counter()

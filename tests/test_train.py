@@ -1,0 +1,124 @@
+"""The training program: CLI output, resume == uninterrupted (bitwise), non-finite stop, epoch builders."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxbp
+from jaxbp import checkpoint, cli
+from jaxbp.data import Dataset
+from jaxbp.epoch import make_epoch, make_epoch_loop
+from jaxbp.layers.dropout import Dropout
+from jaxbp.layers.norm import BatchNorm
+from jaxbp.train import NonFiniteError, fit, make_optimizer
+
+
+def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:
+    """3 classes of noisy 4x4 images around class-specific patterns."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
+
+    def draw(n):
+        y = rng.integers(0, 3, n).astype(np.int32)
+        return (centres[y] + 0.5 * rng.normal(size=(n, 4, 4, 1))).astype(np.float32), y
+
+    return Dataset(*draw(n_train), *draw(n_test), 3, "tiny")
+
+
+def stateful_net():
+    """MLP with BatchNorm (state) and Dropout (needs the RNG): everything a checkpoint must carry."""
+    return jaxbp.serial(
+        jaxbp.Flatten(), jaxbp.Dense(8), BatchNorm(), jaxbp.Relu(), Dropout(0.2), jaxbp.Dense(3)
+    )
+
+
+def optimizer():
+    """SGD with momentum, weight decay and a cosine schedule over 3 epochs of 6 steps."""
+    return make_optimizer(0.1, momentum=0.9, weight_decay=1e-3, schedule="cosine", total_steps=3 * 6)
+
+
+def same_tree(a, b) -> bool:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def test_cli_prints_epochs_json_and_writes_plot_and_checkpoint(tmp_path, capsys):
+    d = tiny_data()
+    np.savez(tmp_path / "d.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    args = ["train", "--dataset", "npz", "--data-dir", str(tmp_path / "d.npz"), "--epochs", "2"]
+    args += ["--batch-size", "16", "--widths", "8", "--json", "--plot", str(tmp_path / "p.png")]
+    args += ["--checkpoint-dir", str(tmp_path / "ck")]
+    assert cli.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3].startswith("epoch   1/2  train loss") and lines[-2].startswith("epoch   2/2")
+    summary = json.loads(lines[-1])
+    assert {"test_accuracy", "train_loss", "epochs", "seconds", "steps_per_second"} <= set(summary)
+    assert summary["epochs"] == 2 and 0 <= summary["test_accuracy"] <= 1 and summary["seconds"] > 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert checkpoint.exists(tmp_path / "ck")
+
+    assert cli.main([*args[:4], str(tmp_path / "missing.npz"), "--epochs", "1"]) == 2
+    assert "no file" in capsys.readouterr().err
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    data, net = tiny_data(), stateful_net()
+    kw = dict(epochs=3, batch_size=16, seed=3, log=None, config={"run": "a"})
+    full = fit(net, data, optimizer(), progress=True, **kw)  # the progress callback must not change results
+
+    def interrupt(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net, data, optimizer(), checkpoint_dir=str(tmp_path), on_epoch=interrupt, **kw)
+    assert checkpoint.load(tmp_path, full.train_state)[1]["epoch"] == 1
+    resumed = fit(net, data, optimizer(), checkpoint_dir=str(tmp_path), resume=True, **kw)
+
+    assert resumed.epochs == 3 and int(resumed.train_state.step) == 3 * 6
+    assert same_tree(resumed.train_state, full.train_state)  # params, opt state, BN state, key, step
+    for k in ("train_loss", "test_accuracy", "dx_norms", "dparam_norms"):
+        assert resumed.history[k] == full.history[k], k
+    assert len(full.history["dx_norms"]) == 4 and len(full.history["dx_norms"][0]) == 6
+
+    with pytest.raises(checkpoint.CheckpointError, match="another run configuration"):
+        fit(
+            net,
+            data,
+            optimizer(),
+            checkpoint_dir=str(tmp_path),
+            resume=True,
+            **{**kw, "config": {"run": "b"}},
+        )
+
+
+def test_nonfinite_stops_with_epoch_batch_level_and_keeps_checkpoint(tmp_path):
+    data, opt = tiny_data(), optimizer()
+    net = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(8), jaxbp.Tanh(), jaxbp.Dense(3))
+    x = data.x_train.copy()
+    x[7, 1, 2, 0] = np.inf  # one poisoned example: the first non-finite output is level 0's
+    poisoned = data._replace(x_train=x)
+    good = {}
+    for builder in (make_epoch, make_epoch_loop):
+        kw = dict(
+            batch_size=16, log=None, checkpoint_dir=str(tmp_path / builder.__name__), epoch_builder=builder
+        )
+        good[builder] = fit(net, data, opt, epochs=1, **kw).train_state
+        with pytest.raises(
+            NonFiniteError, match=r"epoch 2, batch \d+ .*forward pass: level 0 \(Flatten\)"
+        ) as e:
+            fit(net, poisoned, opt, epochs=2, resume=True, **kw)
+        assert "last good checkpoint" in str(e.value)
+        saved, meta = checkpoint.load(kw["checkpoint_dir"], good[builder])
+        assert meta["epoch"] == 1 and same_tree(saved, good[builder])
+
+    # the scanned epoch and the Python-loop epoch compute the same training (up to compiler rounding)
+    a, b = good.values()
+    assert int(a.step) == int(b.step) == 6 and np.array_equal(a.key, b.key)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
