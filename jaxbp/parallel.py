@@ -27,6 +27,7 @@ that live on its own devices.
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -188,9 +189,23 @@ def make_parallel_train_step(
       :func:`replicate` and each batch with :func:`shard_batch` (host arrays also work on
       one host, at the cost of a transfer per call). A batch whose size is not a
       multiple of the device count raises :class:`LayerError` before anything is donated.
+      On a CPU mesh of several devices the step waits for its result before returning:
+      XLA:CPU runs all devices' programs on one thread pool the size of the core count, and
+      with several steps in flight a device blocked in step k+1's all-reduce can starve one
+      still finishing step k (a rendezvous deadlock, seen with 4 forced devices on 2 cores).
+      A ``lax.scan`` over steps inside one program (a compiled epoch) is not affected.
     """
     mesh = make_mesh() if mesh is None else mesh
-    return jax.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
+    jitted = jax.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
+    if mesh.devices.size == 1 or mesh.devices.flat[0].platform != "cpu":
+        return jitted
+
+    @functools.wraps(jitted)
+    def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
+        return jax.block_until_ready(jitted(ts, x, target))
+
+    step.lower = jitted.lower  # type: ignore[attr-defined]  # HLO inspection as on a jitted function
+    return step
 
 
 def train_step_fn_for(
