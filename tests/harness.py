@@ -17,6 +17,17 @@ def cast_floats(tree, dtype):
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
+def perturb(params, key, scale: float = 0.5):
+    """Add noise to every float leaf, so a backward is not only checked at init values (scale 1, bias 0)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noisy = [
+        a + scale * jax.random.normal(k, a.shape, a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+        for a, k in zip(leaves, keys)
+    ]
+    return jax.tree.unflatten(treedef, noisy)
+
+
 def rel_err(got, want) -> float:
     """max|got - want| / max|want| (0 when both are zero)."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
@@ -67,7 +78,7 @@ def check_layer_against_vjp(
 
     def run(key):
         kp, kx, kg, kl = jax.random.split(key, 4)
-        params = cast_floats(layer.init(kp, shape)[1], dtype)
+        params = perturb(cast_floats(layer.init(kp, shape)[1], dtype), kp)
         x = make_input(kx, shape, dtype)
         state = cast_floats(init_state(layer, shape), dtype)
         layer_key = kl if stateful else None
