@@ -232,15 +232,14 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         if data_dir is None or not Path(data_dir).is_dir():
             hint = (
                 "install Debian's package dataset-fashion-mnist (`make data` as root, or"
-                " `apt-get install dataset-fashion-mnist`), which puts it in " + FASHION_MNIST_DIR + ","
+                f" `apt-get install dataset-fashion-mnist`), which puts it in {FASHION_MNIST_DIR}, or"
                 if name == "fashion-mnist"
-                else "no package installs it here:"
+                else "no package provides MNIST here:"
             )
             where = f"directory {data_dir} does not exist" if data_dir else "no --data-dir given"
             raise DataError(
-                f"{name}: {where}; {hint} or pass --data-dir DIR holding"
-                " train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz],"
-                " t10k-labels-idx1-ubyte[.gz]"
+                f"{name}: {where}; {hint} pass --data-dir DIR holding train-images-idx3-ubyte[.gz],"
+                " train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
             )
         return load_idx_dir(data_dir, name)
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
