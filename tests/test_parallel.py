@@ -155,3 +155,11 @@ def test_one_all_reduce_per_gradient_leaf(results):
     got = all_reduce_shapes((out / "mlp.hlo").read_text())
     want = [tuple(s) for s in report["mlp-grad-shapes"]] + [()]  # every gradient leaf and the loss
     assert sorted(got) == sorted(want), f"all-reduced {got}, expected {want}"
+
+
+def test_asking_for_more_devices_than_exist_is_a_clear_error():
+    from jaxbp.core import LayerError
+    from jaxbp.parallel import make_mesh
+
+    with pytest.raises(LayerError, match=r"asked for 3 devices, 1 available.*device_count=3"):
+        make_mesh(3)
