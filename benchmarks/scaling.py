@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     from jaxbp import parallel as par
 
     dev = jax.devices()[0]
-    print(f"# {jax.device_count()} x {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores;"
-          f" MLP 784-{args.hidden}-{args.hidden}-10, global batch {args.batch}, adam")
+    print(
+        f"# {jax.device_count()} x {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores;"
+        f" MLP 784-{args.hidden}-{args.hidden}-10, global batch {args.batch}, adam"
+    )
     net = jaxbp.serial(
         jaxbp.Dense(args.hidden), jaxbp.Relu(), jaxbp.Dense(args.hidden), jaxbp.Relu(), jaxbp.Dense(10)
     )
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.devices:
         mesh = par.make_mesh(n)
         runs[f"{n} (parallel)"] = [
-            par.make_parallel_train_step(net, loss, opt, mesh), par.replicate(mesh, fresh()),
+            par.make_parallel_train_step(net, loss, opt, mesh),
+            par.replicate(mesh, fresh()),
             *par.shard_batch(mesh, x, y),
         ]
     best = dict.fromkeys(runs, float("inf"))

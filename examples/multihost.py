@@ -89,14 +89,26 @@ def launch(num_processes: int = 2, devices_per_process: int = 2, timeout: float 
     """Start the workers on localhost, wait, and compare their params with each other and one device."""
     coordinator = f"127.0.0.1:{free_loopback_port()}"
     env = dict(
-        os.environ, JAX_PLATFORMS="cpu",
+        os.environ,
+        JAX_PLATFORMS="cpu",
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
     )
     with tempfile.TemporaryDirectory() as out:
         procs = [
             subprocess.Popen(
-                [sys.executable, __file__, "--worker", "--process-id", str(i), "--num-processes",
-                 str(num_processes), "--coordinator", coordinator, "--out", out],
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--process-id",
+                    str(i),
+                    "--num-processes",
+                    str(num_processes),
+                    "--coordinator",
+                    coordinator,
+                    "--out",
+                    out,
+                ],
                 env=env,
             )
             for i in range(num_processes)

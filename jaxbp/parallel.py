@@ -158,9 +158,7 @@ def parallel_train_step_fn(
         new_state = _average_varying(new_state, axis)
         return TrainState(params, opt_state, new_state, key, ts.step + 1), value
 
-    sharded = jax.shard_map(
-        shard_step, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=(P(), P())
-    )
+    sharded = jax.shard_map(shard_step, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=(P(), P()))
 
     def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
         _check_divisible("parallel train step", x.shape, n)
@@ -236,7 +234,10 @@ def train_step_fn_for(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--devices N`` (default: all devices) to a command's parser."""
     parser.add_argument(
-        "--devices", type=int, default=None, metavar="N",
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
         help="data-parallel over N devices (default: all; on CPU force N with"
         " XLA_FLAGS=--xla_force_host_platform_device_count=N)",
     )

@@ -96,8 +96,11 @@ def test_vmap_grad_gives_per_example_manual_gradients(key):
 
     got = jax.jit(jax.vmap(jax.grad(example_loss), in_axes=(None, 0, 0)))(params, x, t)
     losses, manual = jax.jit(per_example_grads(net, LOSS))(params, x, t)
-    oracle = jax.jit(jax.vmap(jax.grad(lambda p, x_i, t_i: autodiff_loss(net, p, x_i[None], t_i[None])),
-                              in_axes=(None, 0, 0)))(params, x, t)
+    oracle = jax.jit(
+        jax.vmap(
+            jax.grad(lambda p, x_i, t_i: autodiff_loss(net, p, x_i[None], t_i[None])), in_axes=(None, 0, 0)
+        )
+    )(params, x, t)
     assert losses.shape == (B,)
     assert_trees_close(manual, oracle, TOL, "per_example_grads vs vmap(jax.grad)")
     assert_trees_close(got, oracle, TOL, "vmap(jax.grad(as_custom_vjp))")
@@ -159,9 +162,14 @@ def test_stateful_network(key):
 
     pe = per_example_grads(net, LOSS)
     _, manual = jax.jit(lambda p, x, t: pe(p, x, t, state=state, key=k, train=True))(params, x, t)
-    oracle = jax.jit(jax.vmap(
-        jax.grad(lambda p, i, x_i, t_i: autodiff_loss(
-            net, p, x_i[None], t_i[None], state=state, key=jax.random.fold_in(k, i), train=True)),
-        in_axes=(None, 0, 0, 0),
-    ))(params, jnp.arange(B), x, t)
+    oracle = jax.jit(
+        jax.vmap(
+            jax.grad(
+                lambda p, i, x_i, t_i: autodiff_loss(
+                    net, p, x_i[None], t_i[None], state=state, key=jax.random.fold_in(k, i), train=True
+                )
+            ),
+            in_axes=(None, 0, 0, 0),
+        )
+    )(params, jnp.arange(B), x, t)
     assert_trees_close(manual, oracle, TOL, "stateful per_example_grads")

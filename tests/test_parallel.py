@@ -107,8 +107,12 @@ def results(tmp_path_factory):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     code = f"import test_parallel; test_parallel.child({str(out)!r})"
     proc = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=Path(__file__).parent,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out, json.loads((out / "report.json").read_text())
