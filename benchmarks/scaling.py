@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import optax
 
     import jaxbp
-    from jaxbp import parallel as par
+    from jaxbp import distributed as par
 
     dev = jax.devices()[0]
     print(

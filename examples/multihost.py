@@ -46,7 +46,7 @@ def train(parallel: bool) -> list[np.ndarray]:
     import optax
 
     import jaxbp
-    from jaxbp import parallel as par
+    from jaxbp import distributed as par
 
     net = jaxbp.serial(jaxbp.Dense(32), jaxbp.Relu(), jaxbp.Dense(CLASSES))
     loss, opt = jaxbp.SoftmaxCrossEntropy(), optax.adam(1e-2)

@@ -12,11 +12,16 @@ from jaxbp.core import apply as apply
 from jaxbp.core import init_state as init_state
 from jaxbp.core import is_stateful as is_stateful
 from jaxbp.core import output_shape as output_shape
+from jaxbp.distributed import make_mesh as make_mesh
+from jaxbp.distributed import make_parallel_train_step as make_parallel_train_step
+from jaxbp.distributed import replicate as replicate
+from jaxbp.distributed import shard_batch as shard_batch
 from jaxbp.graph import FanInConcat as FanInConcat
 from jaxbp.graph import FanInSum as FanInSum
 from jaxbp.graph import FanOut as FanOut
 from jaxbp.graph import Identity as Identity
 from jaxbp.graph import Residual as Residual
+from jaxbp.graph import parallel as parallel
 from jaxbp.interop import as_custom_vjp as as_custom_vjp
 from jaxbp.interop import per_example_grads as per_example_grads
 from jaxbp.layers.activations import Elu as Elu

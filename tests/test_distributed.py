@@ -29,7 +29,7 @@ def nets():
     from jaxbp.layers.activations import Relu
     from jaxbp.layers.dense import Dense
     from jaxbp.layers.norm import BatchNorm
-    from jaxbp.parallel import AXIS
+    from jaxbp.distributed import AXIS
 
     return {
         "mlp": (serial(Dense(8), Relu(), Dense(CLASSES)),) * 2,
@@ -48,7 +48,7 @@ def child(out: str) -> None:
 
     from jaxbp.core import LayerError
     from jaxbp.losses import SoftmaxCrossEntropy
-    from jaxbp.parallel import make_mesh, make_parallel_train_step, replicate, shard_batch, train_step_fn_for
+    from jaxbp.distributed import make_mesh, make_parallel_train_step, replicate, shard_batch, train_step_fn_for
     from jaxbp.step import init_train_state, make_train_step
 
     loss, opt = SoftmaxCrossEntropy(), optax.sgd(0.1, momentum=0.9)
@@ -105,7 +105,7 @@ def child(out: str) -> None:
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("parallel")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    code = f"import test_parallel; test_parallel.child({str(out)!r})"
+    code = f"import test_distributed; test_distributed.child({str(out)!r})"
     proc = subprocess.run(
         [sys.executable, "-c", code],
         env=env,
@@ -131,7 +131,7 @@ def test_same_params_as_one_device_training(results, name, n):
     assert_trees_close(load(out, f"{name}-{n}"), load(out, f"{name}-ref"), RTOL, f"{name} on {n} devices")
 
 
-def test_parallel_step_inside_a_compiled_epoch(results):
+def test_distributed_step_inside_a_compiled_epoch(results):
     out, _ = results
     assert_trees_close(load(out, "mlp-scan"), load(out, "mlp-ref"), RTOL, "lax.scan epoch on 4 devices")
 
@@ -163,7 +163,7 @@ def test_one_all_reduce_per_gradient_leaf(results):
 
 def test_asking_for_more_devices_than_exist_is_a_clear_error():
     from jaxbp.core import LayerError
-    from jaxbp.parallel import make_mesh
+    from jaxbp.distributed import make_mesh
 
     with pytest.raises(LayerError, match=r"asked for 3 devices, 1 available.*device_count=3"):
         make_mesh(3)
