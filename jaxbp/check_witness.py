@@ -127,8 +127,8 @@ def witness_stats(F, D, hand, g, key, *, dot: bool = True, fd: bool = False) -> 
             rhs=rhs,
             fscale=jnp.abs(Yp - Ym) @ jnp.abs(g64) / (2 * h) + jnp.abs(rhs),
             fatol=64 * EPS64 * (jnp.abs(y0) @ jnp.abs(g64)) / h,
-            kink=jnp.abs((Yp - y0) @ g64 - (y0 - Ym) @ g64) / h,
-            tie=jnp.abs((Yup - y0) @ g64 - (y0 - Yum) @ g64) / t,
+            kink=jnp.abs(Yp + Ym - 2 * y0) @ jnp.abs(g64) / h,  # sum_k |g_k (D+ - D-)_k|: bounds the fd error
+            tie=jnp.abs(Yup + Yum - 2 * y0) @ jnp.abs(g64) / t,  # at a kink
             tie_expected=jnp.abs(seg_dot(err, U)),
             tatol=64 * EPS64 * (jnp.abs(y0) @ jnp.abs(g64)) / t,
         )
