@@ -231,7 +231,11 @@ def fit(
             log(f"resumed from {checkpoint.path_in(checkpoint_dir)} after epoch {start}")
 
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    probe = (x[:batch_size], y[:batch_size], jax.random.PRNGKey(seed + 1))
+    probe = (
+        jnp.asarray(data.x_train[:batch_size]),
+        jnp.asarray(data.y_train[:batch_size]),
+        jax.random.PRNGKey(seed + 1),
+    )
     evaluate = _compiled_evaluate(net)
     num_batches = len(data.x_train) // batch_size
 
