@@ -21,13 +21,21 @@ from jaxbp.check_report import CheckReport
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``check`` command's options to ``parser``."""
-    parser.add_argument("factory", nargs="?", help="a user layer factory 'module:function' returning a Layer "
-                        "(or (layer, input_shape)); default: the built-in catalogue")
+    parser.add_argument(
+        "factory",
+        nargs="?",
+        help="a user layer factory 'module:function' returning a Layer "
+        "(or (layer, input_shape)); default: the built-in catalogue",
+    )
     parser.add_argument("--input-shape", help="input shape for a factory, comma separated, e.g. 8,16")
-    parser.add_argument("--layer", action="append", metavar="NAME", help="check only this catalogue entry "
-                        "(repeatable)")
-    parser.add_argument("--dtype", default=None, help="the layer's own dtype, checked besides float64 "
-                        "(default: its param dtype)")
+    parser.add_argument(
+        "--layer", action="append", metavar="NAME", help="check only this catalogue entry (repeatable)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="the layer's own dtype, checked besides float64 (default: its param dtype)",
+    )
     parser.add_argument("--seeds", type=int, default=8, help="random draws per layer (default 8)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--verbose", "-v", action="store_true", help="print the full table for every layer")
@@ -76,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
         if args.factory:
             print(reports[args.factory])
         failed = [n for n, r in reports.items() if not r.ok]
-        print(f"\n{len(reports) - len(failed)}/{len(reports)} passed in {time.perf_counter() - start:.1f} s"
-              + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+        print(
+            f"\n{len(reports) - len(failed)}/{len(reports)} passed in {time.perf_counter() - start:.1f} s"
+            + (f"; FAILED: {', '.join(failed)}" if failed else "")
+        )
     return 0 if ok else 1

@@ -127,24 +127,46 @@ class CheckReport:
     def table(self, only_failures: bool = False) -> str:
         """The rows as an aligned text table."""
         rows = self.failures() if only_failures else self.rows
-        head = ("level", "layer", "leaf", "witness", "dtype", "max abs err", "max rel err", "worst at", "cosine",
-                "tol", "status")
+        head = (
+            "level",
+            "layer",
+            "leaf",
+            "witness",
+            "dtype",
+            "max abs err",
+            "max rel err",
+            "worst at",
+            "cosine",
+            "tol",
+            "status",
+        )
         lines = [head]
         for r in rows:
-            lines.append((
-                str(r.level), _clip(r.level_name, 22), r.leaf, r.witness, r.dtype, f"{r.max_abs_err:.2e}",
-                f"{r.max_rel_err:.2e}", "" if r.worst_index is None else str(tuple(r.worst_index)),
-                "" if r.cosine is None else f"{r.cosine:.6f}", f"{r.tol:.1e}",
-                r.status + (f" ({r.skipped} kink)" if r.skipped and r.status != "kink" else ""),
-            ))
+            lines.append(
+                (
+                    str(r.level),
+                    _clip(r.level_name, 22),
+                    r.leaf,
+                    r.witness,
+                    r.dtype,
+                    f"{r.max_abs_err:.2e}",
+                    f"{r.max_rel_err:.2e}",
+                    "" if r.worst_index is None else str(tuple(r.worst_index)),
+                    "" if r.cosine is None else f"{r.cosine:.6f}",
+                    f"{r.tol:.1e}",
+                    r.status + (f" ({r.skipped} kink)" if r.skipped and r.status != "kink" else ""),
+                )
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
+        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(text)
 
     def __str__(self) -> str:
-        legend = "; ".join(f"{w}: {WITNESSES[w][0]} vs {WITNESSES[w][1]}"
-                           for w in dict.fromkeys(r.witness for r in self.rows))
+        legend = "; ".join(
+            f"{w}: {WITNESSES[w][0]} vs {WITNESSES[w][1]}"
+            for w in dict.fromkeys(r.witness for r in self.rows)
+        )
         notes = [r for r in self.rows if r.detail and r.status == "FAIL"]
         out = [self.summary(), self.table(), f"(hand vs reference -- {legend})"]
         out += [f"level {r.level} {r.leaf}: {r.detail}" for r in notes]
@@ -153,8 +175,12 @@ class CheckReport:
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
         return {
-            "name": self.name, "ok": self.ok, "failed_levels": self.failed_levels,
-            "first_bad_level": self.first_bad_level, "levels": self.levels, "seeds": self.seeds,
+            "name": self.name,
+            "ok": self.ok,
+            "failed_levels": self.failed_levels,
+            "first_bad_level": self.first_bad_level,
+            "levels": self.levels,
+            "seeds": self.seeds,
             "rows": [asdict(r) for r in self.rows],
         }
 

@@ -45,8 +45,10 @@ def _f64(a):
 
 def inner(a, b):
     """<a, b> over all leaves of two pytrees of one structure, accumulated in float64."""
-    return sum((jnp.sum(_f64(u) * _f64(v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))),
-               jnp.zeros((), jnp.float64))
+    return sum(
+        (jnp.sum(_f64(u) * _f64(v)) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)),
+        jnp.zeros((), jnp.float64),
+    )
 
 
 def _segments(D):
@@ -57,7 +59,7 @@ def _segments(D):
     offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
     masks = np.zeros((len(leaves), flat.size), bool)
     for j, (o, n) in enumerate(zip(offsets, sizes, strict=True)):
-        masks[j, o:o + n] = True
+        masks[j, o : o + n] = True
     return flat, unravel, masks, offsets
 
 
@@ -101,8 +103,9 @@ def witness_stats(F, D, hand, g, key, *, dot: bool = True, fd: bool = False) -> 
         "max_abs": seg_max(err),
         "argmax": jnp.argmax(jnp.where(M, jnp.abs(err)[None], -1.0), axis=1) - jnp.asarray(offsets),
         "scale": jnp.maximum(seg_max(ref), seg_max(hd)),
-        "cos": jnp.where(den > 0, seg_dot(hd, ref) / jnp.where(den > 0, den, 1.0),
-                         jnp.where(seg_max(err) == 0, 1.0, 0.0)),
+        "cos": jnp.where(
+            den > 0, seg_dot(hd, ref) / jnp.where(den > 0, den, 1.0), jnp.where(seg_max(err) == 0, 1.0, 0.0)
+        ),
     }
     if not (dot or fd):
         return out
@@ -113,11 +116,15 @@ def witness_stats(F, D, hand, g, key, *, dot: bool = True, fd: bool = False) -> 
     g64 = _f64(gf)
     if dot:
         Jv = _f64(jax.vmap(lambda t: jax.jvp(f, (theta,), (t,))[1])(T))  # (L, m)
-        out.update(lhs=Jv @ g64, rhs=rhs, dscale=jnp.abs(Jv) @ jnp.abs(g64) + seg_dot(jnp.abs(hd), jnp.abs(_f64(V))))
+        out.update(
+            lhs=Jv @ g64, rhs=rhs, dscale=jnp.abs(Jv) @ jnp.abs(g64) + seg_dot(jnp.abs(hd), jnp.abs(_f64(V)))
+        )
     if fd:
         size = jnp.maximum(1.0, seg_max(theta))
         h, t = FD_STEP * size, TIE_STEP * size
-        U = jnp.where(M, err[None], 0.0) / jnp.where(seg_max(err) > 0, seg_max(err), 1.0)[:, None]  # max-norm 1
+        U = (
+            jnp.where(M, err[None], 0.0) / jnp.where(seg_max(err) > 0, seg_max(err), 1.0)[:, None]
+        )  # max-norm 1
         steps = jnp.concatenate([h[:, None] * T, -h[:, None] * T, t[:, None] * U, -t[:, None] * U])
         Y = _f64(jax.vmap(f)(theta[None] + steps.astype(theta.dtype)))  # (4L, m)
         y0 = _f64(y)

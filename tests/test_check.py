@@ -1,4 +1,4 @@
-"""The checker itself: no false alarms on the built-in catalogue, kinks are not failures, reports are usable."""
+"""The checker: no false alarms on the built-in catalogue, kinks are not failures, reports are usable."""
 
 from __future__ import annotations
 
@@ -89,17 +89,32 @@ def test_network_passes_and_checks_every_level_loss_and_input():
     assert report.failed_levels == [] and report.first_bad_level is None
     assert {r.level for r in report.rows if r.witness == "vjp"} == {0, 1, 2, 3}  # 3 levels + the loss
     assert {(r.level, r.leaf) for r in report.rows if r.witness == "e2e" and r.dtype == "float32"} == {
-        (0, "[0]['W']"), (0, "[0]['b']"), (2, "[2]['W']"), (2, "[2]['b']"), (0, "x")}
+        (0, "[0]['W']"),
+        (0, "[0]['b']"),
+        (2, "[2]['W']"),
+        (2, "[2]['b']"),
+        (0, "x"),
+    }
 
 
 def test_stateful_network():
-    net = jaxbp.serial(jaxbp.Dense(6), CATALOGUE["BatchNorm"].default()[0], jaxbp.Tanh(), jaxbp.Dense(2)) \
-        if "BatchNorm" in CATALOGUE else jaxbp.serial(jaxbp.Dense(6), jaxbp.Tanh(), jaxbp.Dense(2))
+    net = (
+        jaxbp.serial(jaxbp.Dense(6), CATALOGUE["BatchNorm"].default()[0], jaxbp.Tanh(), jaxbp.Dense(2))
+        if "BatchNorm" in CATALOGUE
+        else jaxbp.serial(jaxbp.Dense(6), jaxbp.Tanh(), jaxbp.Dense(2))
+    )
     params = net.init(jax.random.PRNGKey(0), (6, 4))[1]
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 4), jnp.float32)
     target = jax.random.normal(jax.random.PRNGKey(2), (6, 2), jnp.float32)
-    report = check_network(net, jaxbp.MeanSquaredError(), params, x, target,
-                           state=jaxbp.init_state(net, (6, 4)), key=jax.random.PRNGKey(3))
+    report = check_network(
+        net,
+        jaxbp.MeanSquaredError(),
+        params,
+        x,
+        target,
+        state=jaxbp.init_state(net, (6, 4)),
+        key=jax.random.PRNGKey(3),
+    )
     assert report.ok, str(report)
 
 
@@ -137,3 +152,14 @@ def test_wrong_backward_structure_is_reported():
     report = check_layer(layer, (3, 4), dtype=jnp.float64)
     assert not report.ok and report.failed_levels == [0]
     assert report.failures()[0].witness == "shape" and "(3, 4) != (4,)" in report.failures()[0].detail
+
+
+def test_network_on_a_tie_is_not_a_failure():
+    """Inputs exactly at ReLU's kink reach level 0: its own check and the end-to-end dx are kinks."""
+    net = jaxbp.serial(jaxbp.Relu(), jaxbp.Dense(3))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.PRNGKey(0), (4, 5))[1])
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 5), jnp.float64).at[0, :2].set(0.0)
+    target = jax.random.normal(jax.random.PRNGKey(2), (4, 3), jnp.float64)
+    report = check_network(net, jaxbp.MeanSquaredError(), params, x, target)
+    assert report.ok, str(report)
+    assert {r.status for r in report.rows if r.leaf == "x" and r.level == 0} == {"kink"}, str(report)

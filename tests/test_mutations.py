@@ -202,14 +202,19 @@ def test_layer_mutant_is_caught(what, layer, shape, leaves):
 
 
 def test_correct_user_layers_pass():
-    for layer, shape in [(MutDense(3), (4, 5)), (MutScale(), (4, 4)), (MutBlur(), (3, 6)),
-                         (MutResidual(MutDense(5)), (4, 5)), (MutDropout(0.5), (4, 5))]:
+    for layer, shape in [
+        (MutDense(3), (4, 5)),
+        (MutScale(), (4, 4)),
+        (MutBlur(), (3, 6)),
+        (MutResidual(MutDense(5)), (4, 5)),
+        (MutDropout(0.5), (4, 5)),
+    ]:
         report = check_layer(layer, shape, dtype=F64, seeds=4)
         assert report.ok, str(report)
 
 
 def test_relative_error_1e4_float64_and_float32():
-    """Caught in float64 by every witness; in float32 the element-wise vjp tolerance (~1e-5) resolves it too."""
+    """Caught in float64 by every witness; in float32 the element-wise vjp tolerance (~1e-5) resolves it."""
     report = check_layer(MutDense(3, "rel_1e-4"), (4, 5), dtype=jnp.float32)
     failed = {(r.witness, r.dtype) for r in report.failures()}
     assert {("vjp", "float64"), ("dot", "float64"), ("fd", "float64"), ("vjp", "float32")} <= failed, report
@@ -223,8 +228,13 @@ def _mlp(middle: Layer, top: Layer | None = None) -> Layer:
 NETWORK_MUTANTS = [
     ("bug in the middle level", _mlp(MutTanh("wrong_residual")), MutMSE(), 1, {"x"}),
     ("bug in the top level", _mlp(MutTanh(), MutDense(3, "dW_twice")), MutMSE(), 2, {"['W']"}),
-    ("wrong input gradient of the first level", jaxbp.serial(MutDense(6, "dx_zero"), MutTanh(), MutDense(3)),
-     MutMSE(), 0, {"x"}),
+    (
+        "wrong input gradient of the first level",
+        jaxbp.serial(MutDense(6, "dx_zero"), MutTanh(), MutDense(3)),
+        MutMSE(),
+        0,
+        {"x"},
+    ),
     ("bug in the loss", _mlp(MutTanh()), MutMSE("half"), 3, {"pred"}),
 ]
 

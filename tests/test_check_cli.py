@@ -1,0 +1,62 @@
+"""``python -m jaxbp check``: catalogue entries, JSON output, a user's layer factory, exit status."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+from jaxbp.cli import main
+
+BUGGY = textwrap.dedent("""
+    import jax.numpy as jnp
+    from jaxbp.core import Layer
+
+    def make_layer():
+        def init(key, shape):
+            return tuple(shape), {"a": jnp.ones(shape[-1:])}
+
+        def forward(p, x):
+            return p["a"] * jnp.sin(x), x
+
+        def backward(p, x, g):
+            # dx = g * a * cos(x); da = sum_batch(g * sin(x))
+            return {"a": (g * jnp.sin(x)).sum(0)}, g * p["a"] * jnp.sin(x)  # bug: sin for cos
+
+        return Layer(init, forward, backward, name="SinScale")
+
+    def make_good():
+        return make_layer()._replace(
+            backward=lambda p, x, g: ({"a": (g * jnp.sin(x)).sum(0)}, g * p["a"] * jnp.cos(x))), (3, 4)
+""")
+
+
+def test_catalogue_entry_json(capsys):
+    assert main(["check", "--layer", "Dense", "--seeds", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["reports"]["Dense"]["failed_levels"] == []
+    assert {r["leaf"] for r in data["reports"]["Dense"]["rows"]} == {"['W']", "['b']", "x"}
+
+
+def test_user_factory_with_a_planted_bug(tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_layers.py").write_text(BUGGY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "user_layers:make_layer", "--input-shape", "4,6", "--seeds", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL SinScale on (4, 6): error starts at level 0 (SinScale), leaves x" in out
+    assert "0/1 passed" in out
+    assert main(["check", "user_layers:make_good", "--seeds", "2"]) == 0  # shape from the factory
+    sys.modules.pop("user_layers", None)
+
+
+def test_unknown_layer_and_missing_shape(tmp_path, monkeypatch, capsys):
+    assert main(["check", "--layer", "NoSuchLayer"]) == 2
+    assert "unknown layer" in capsys.readouterr().err
+    (tmp_path / "user_layers2.py").write_text(BUGGY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        main(["check", "user_layers2:make_layer"])
+    except SystemExit as e:
+        assert "--input-shape is required" in str(e)
+    else:
+        raise AssertionError("expected SystemExit")
