@@ -343,6 +343,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--weight-decay", type=float, help="L2 weight decay added to the gradient")
     a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
     a("--seed", type=int, default=0)
+    a(
+        "--loop",
+        choices=("auto", "scan", "python"),
+        default="auto",
+        help="epoch as one compiled lax.scan, or a Python loop of compiled steps; auto: the loop for"
+        " conv nets on CPU (XLA:CPU runs conv weight gradients slowly inside loops), else the scan",
+    )
     a("--no-standardize", action="store_true", help="keep pixels in [0, 1] instead of standardising")
     a("--checkpoint-dir", help="save a checkpoint here after every epoch")
     a("--resume", action="store_true", help="continue from --checkpoint-dir")
@@ -364,6 +371,7 @@ def resolve(args: argparse.Namespace) -> dict:
         schedule=args.schedule,
         seed=args.seed,
         standardize=not args.no_standardize,
+        loop=args.loop,
     )
     return cfg
 
@@ -409,6 +417,7 @@ def main(args: argparse.Namespace) -> int:
             config=cfg,
             progress=sys.stderr.isatty() and not args.no_progress,
             log=print,
+            epoch_builder=choose_epoch_builder(net, cfg["loop"]),
         )
     except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
         print(f"jaxbp train: {e}", file=sys.stderr)
