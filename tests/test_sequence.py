@@ -47,7 +47,7 @@ def manual_and_autodiff(net, loss, params, x, target, **kw):
 def reference_attention(p, x, heads, causal):
     """(float64 per-head loop, jax.nn.dot_product_attention) versions of the layer's forward."""
     d = F // heads
-    q, k, v = ((x @ p[f"W{j}"] + p[f"b{j}"]).reshape(B, T, heads, d) for j in "qkv")  # bk must not matter
+    q, k, v = ((x @ p[f"W{j}"] + p.get(f"b{j}", 0)).reshape(B, T, heads, d) for j in "qkv")
     allowed = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
     o = []
     for h in range(heads):

@@ -11,6 +11,7 @@ from jax import lax
 from jaxbp.core import Layer, LayerError, check_param_shapes
 
 _PROJ = ("q", "k", "v", "o")
+_BIAS = ("q", "v", "o")  # no key bias: it shifts each score row by q.bk, which the softmax ignores
 
 
 def _dense(x, W, b):
@@ -33,7 +34,7 @@ def MultiHeadAttention(
     kernel_init=jax.nn.initializers.glorot_uniform(),
     param_dtype=jnp.float32,
 ) -> Layer:
-    """Self-attention (batch, time, F) -> (batch, time, F); params W{q,k,v,o} (F, F), b{q,k,v,o} (F,)."""
+    """Self-attention (batch, time, F) -> (batch, time, F); params W{q,k,v,o} (F, F), b{q,v,o} (F,)."""
     name = f"MultiHeadAttention({num_heads}, causal={causal})"
     if num_heads < 1:
         raise LayerError(f"{name}: num_heads must be >= 1, got {num_heads}")
@@ -52,18 +53,18 @@ def MultiHeadAttention(
         F = input_shape[-1]
         keys = jax.random.split(key, 4)
         params = {f"W{p}": kernel_init(k, (F, F), param_dtype) for p, k in zip(_PROJ, keys, strict=True)}
-        params.update({f"b{p}": jnp.zeros((F,), param_dtype) for p in _PROJ})
+        params.update({f"b{p}": jnp.zeros((F,), param_dtype) for p in _BIAS})
         return tuple(input_shape), params
 
     def forward(params, x):
         check(x.shape)
         B, T, F = x.shape
-        expected = {**{f"W{p}": (F, F) for p in _PROJ}, **{f"b{p}": (F,) for p in _PROJ}}
+        expected = {**{f"W{p}": (F, F) for p in _PROJ}, **{f"b{p}": (F,) for p in _BIAS}}
         check_param_shapes(name, expected, params)
         heads = (B, T, num_heads, F // num_heads)
         scale = 1 / math.sqrt(F // num_heads)
         q = (_dense(x, params["Wq"], params["bq"]) * scale).reshape(heads)  # pre-scaled by 1/sqrt(d)
-        k = _dense(x, params["Wk"], 0).reshape(heads)  # + bk would shift each score row by q.bk: a no-op
+        k = _dense(x, params["Wk"], 0).reshape(heads)
         v = _dense(x, params["Wv"], params["bv"]).reshape(heads)
         s = jnp.einsum("bthd,bshd->bhts", q, k)
         if causal:
@@ -75,7 +76,7 @@ def MultiHeadAttention(
 
     def backward(params, res, g):
         # do = g Wo^T; dv = p^T do; dp = do v^T; ds = p (dp - sum_s p dp); dq = ds k / √d; dk = ds^T q / √d;
-        # dW_j = x^T d_j; db_j = sum d_j; dx = sum_j d_j W_j^T  (j = q, k, v);  dbk = 0 as sum_s ds_ts = 0
+        # dW_j = x^T d_j; db_j = sum d_j; dx = sum_j d_j W_j^T  (j = q, k, v; no key bias)
         # (masked scores have p == 0, hence ds == 0: no mask needed here)
         x, q, k, v, p, o = res
         B, T, F = x.shape
@@ -89,9 +90,10 @@ def MultiHeadAttention(
         dk = jnp.einsum("bhts,bthd->bshd", ds, q)
         dparams, dx = {"Wo": dWo, "bo": dbo}, 0
         for j, d in (("q", dq), ("k", dk), ("v", dv)):
-            dparams[f"W{j}"], dparams[f"b{j}"], dx_j = _dense_backward(x, params[f"W{j}"], d.reshape(B, T, F))
+            dparams[f"W{j}"], db, dx_j = _dense_backward(x, params[f"W{j}"], d.reshape(B, T, F))
+            if j in _BIAS:
+                dparams[f"b{j}"] = db
             dx = dx + dx_j
-        dparams["bk"] = jnp.zeros_like(params["bk"])  # the softmax ignores a shift of its row
         dparams = {n: dparams[n].astype(params[n].dtype) for n in params}
         return dparams, dx.astype(x.dtype)
 
