@@ -4,7 +4,7 @@ Same interface as :mod:`reference.numpy_bp`: ``forward(params, x) -> (y, cache)`
 ``backward(params, cache, g) -> (dparams, dx)``; images are channels-last (N, H, W, C), conv
 kernels HWIO (kh, kw, C/groups, F) with params ``{"kernel", "bias"}``. Every output position
 (i, j) reads the patch ``x_pad[:, i*s : i*s + (k-1)*d + 1 : d, ...]``; the backward adds each
-patch's gradient back at the same place. See DERIVATIONS_conv.md for the equations.
+patch's gradient back at the same place. See DERIVATIONS.md for the equations.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Same interface as :mod:`reference.numpy_bp`: a :class:`RefLayer` of
 ``forward(params, x) -> (y, cache)`` and ``backward(params, cache, g) -> (dparams, dx)``,
 params dicts with jaxbp's keys, so ``numpy_bp.forward_backward`` and ``train_sgd`` run
 them unchanged. BatchNorm keeps its running statistics in a dict that its forward
-updates in place (the textbook loop's mutable state). See DERIVATIONS_norm.md.
+updates in place (the textbook loop's mutable state). See DERIVATIONS.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For spatial rank k the input is ``(N, *spatial, C)`` and the kernel ``(*kernel_s
 Per spatial axis, with input size n, kernel size K, dilation d, stride s and padding (lo, hi),
 the effective kernel is ``Ke = (K-1) d + 1`` and the output size ``o = (n + lo + hi - Ke) // s + 1``;
 ``r = (n + lo + hi - Ke) % s`` input rows past the last window receive no gradient.
-See reference/DERIVATIONS_conv.md for the derivation of both backward convolutions.
+See reference/DERIVATIONS.md for the derivation of both backward convolutions.
 """
 
 from __future__ import annotations
