@@ -334,9 +334,15 @@ def _build_report(name, stats, meta, dtypes, rtol, atol, seeds, is_net) -> Check
 
 
 def _compiled(f, *args):
-    """``jax.jit(f)(*args)``. (XLA's ``xla_backend_optimization_level=0`` would compile 3x faster
-    but gives float32-accurate transcendental derivatives in float64 programs: not for a checker.)"""
-    return jax.jit(f)(*args)
+    """``jax.jit(f)(*args)`` compiled with XLA's backend optimisation level 1.
+
+    A check runs its program once, so compile time dominates: level 1 compiles ~40% faster than
+    the default with the same float64 results. (Level 0 is 3x faster but gave float32-accurate
+    derivatives of transcendental functions in float64 programs -- caught by the catalogue's
+    1e-14 tolerance, as any such regression would be.)
+    """
+    lowered = jax.jit(f).lower(*args)
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 1})(*args)
 
 
 def _native_dtype(tree, fallback=jnp.float32):

@@ -103,9 +103,9 @@ def test_stateful_network():
         if "BatchNorm" in CATALOGUE
         else jaxbp.serial(jaxbp.Dense(6), jaxbp.Tanh(), jaxbp.Dense(2))
     )
-    params = net.init(jax.random.PRNGKey(0), (6, 4))[1]
-    x = jax.random.normal(jax.random.PRNGKey(1), (6, 4), jnp.float32)
-    target = jax.random.normal(jax.random.PRNGKey(2), (6, 2), jnp.float32)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), net.init(jax.random.PRNGKey(0), (6, 4))[1])
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 4), jnp.float64)
+    target = jax.random.normal(jax.random.PRNGKey(2), (6, 2), jnp.float64)
     report = check_network(
         net,
         jaxbp.MeanSquaredError(),
