@@ -39,6 +39,7 @@ def cnn(widths: Sequence[int], num_classes: int, dropout: float = 0.0) -> Layer:
     at a quarter of the BatchNorm cost.
     Input ``(B, H, W, C)`` -> ``(B, num_classes)``.
     """
+    from jaxbp.distributed import AXIS  # statistics synchronised across data-parallel shards
     from jaxbp.layers.conv import Conv2D
     from jaxbp.layers.dropout import Dropout
     from jaxbp.layers.norm import BatchNorm
@@ -49,8 +50,8 @@ def cnn(widths: Sequence[int], num_classes: int, dropout: float = 0.0) -> Layer:
     *channels, hidden = widths
     layers: list[Layer] = []
     for c in channels:
-        layers += [Conv2D(c, (3, 3), use_bias=False), MaxPool((2, 2)), BatchNorm(), Relu()]
-    layers += [Flatten(), Dense(hidden, use_bias=False), BatchNorm(), Relu()]
+        layers += [Conv2D(c, (3, 3), use_bias=False), MaxPool((2, 2)), BatchNorm(axis_name=AXIS), Relu()]
+    layers += [Flatten(), Dense(hidden, use_bias=False), BatchNorm(axis_name=AXIS), Relu()]
     if dropout:
         layers.append(Dropout(dropout))
     return serial(*layers, Dense(num_classes))

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import checkpoint
+from jaxbp import checkpoint, distributed
 from jaxbp.core import Layer, Loss, layer_name
 from jaxbp.data import DATASETS, DataError, Dataset, load_dataset, standardize
 from jaxbp.epoch import choose_epoch_builder
@@ -356,6 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    distributed.add_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> dict:
@@ -417,7 +418,7 @@ def main(args: argparse.Namespace) -> int:
             config=cfg,
             progress=sys.stderr.isatty() and not args.no_progress,
             log=print,
-            epoch_builder=choose_epoch_builder(net, cfg["loop"]),
+            epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
         )
     except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
         print(f"jaxbp train: {e}", file=sys.stderr)

@@ -68,6 +68,15 @@ def LayerNorm(epsilon: float = 1e-5, *, param_dtype=jnp.float32) -> Layer:
     return Layer(init, forward, backward, name=name)
 
 
+def _axis_bound(axis_name: str) -> bool:
+    """Whether ``axis_name`` is a mapped axis here (inside shard_map / pmap / vmap over it)."""
+    try:
+        lax.axis_size(axis_name)
+    except NameError:
+        return False
+    return True
+
+
 def BatchNorm(
     momentum: float = 0.9, epsilon: float = 1e-5, *, axis_name: str | None = None, param_dtype=jnp.float32
 ) -> Layer:
@@ -82,12 +91,14 @@ def BatchNorm(
     state unchanged. With ``axis_name`` (inside shard_map / pmap / vmap over that axis) the
     batch mean and variance, and the backward's batch means, are ``lax.pmean``-ed, so each
     device's dx is its share of the global-batch gradient; dparams stay per-device sums,
-    to be ``pmean``-ed by the data-parallel trainer like any other gradient.
+    to be ``pmean``-ed by the data-parallel trainer like any other gradient. Where that axis
+    is not bound (the same network evaluated outside shard_map) the batch at hand is the
+    whole batch and no reduction across devices is made.
     """
     name = f"BatchNorm(momentum={momentum})"
 
     def pmean(v):
-        return v if axis_name is None else lax.pmean(v, axis_name)
+        return v if axis_name is None or not _axis_bound(axis_name) else lax.pmean(v, axis_name)
 
     def channels(input_shape) -> int:
         if len(input_shape) < 2:
