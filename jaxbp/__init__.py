@@ -3,6 +3,11 @@
 from jaxbp.backprop import forward_backward as forward_backward
 from jaxbp.backprop import grad as grad
 from jaxbp.backprop import value_and_grad as value_and_grad
+from jaxbp.check import check_catalogue as check_catalogue
+from jaxbp.check import check_layer as check_layer
+from jaxbp.check import check_network as check_network
+from jaxbp.check import check_sgd_step as check_sgd_step
+from jaxbp.check_report import CheckReport as CheckReport
 from jaxbp.combinators import serial as serial
 from jaxbp.core import Layer as Layer
 from jaxbp.core import LayerError as LayerError
@@ -16,6 +21,7 @@ from jaxbp.distributed import make_mesh as make_mesh
 from jaxbp.distributed import make_parallel_train_step as make_parallel_train_step
 from jaxbp.distributed import replicate as replicate
 from jaxbp.distributed import shard_batch as shard_batch
+from jaxbp.flow import backward_with_flow as backward_with_flow
 from jaxbp.graph import FanInConcat as FanInConcat
 from jaxbp.graph import FanInSum as FanInSum
 from jaxbp.graph import FanOut as FanOut
