@@ -1,7 +1,5 @@
 """Test setup: x64 available (library code still defaults to float32), a PRNG key fixture."""
 
-
-
 import jax
 import pytest
 from hypothesis import settings

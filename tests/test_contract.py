@@ -61,21 +61,28 @@ def test_documented_subgradient_at_zero(layer, x, want):
     _, res = layer.forward((), x)
     _, dx = layer.backward((), res, jnp.ones_like(x))
     np.testing.assert_allclose(dx, want, rtol=1e-15)
-    same_as_jax = {"Relu": jax.nn.relu, "LeakyRelu(0.1)": lambda v: jax.nn.leaky_relu(v, 0.1),
-                   "Elu(0.5)": lambda v: jax.nn.elu(v, 0.5)}[layer.name]
+    same_as_jax = {
+        "Relu": jax.nn.relu,
+        "LeakyRelu(0.1)": lambda v: jax.nn.leaky_relu(v, 0.1),
+        "Elu(0.5)": lambda v: jax.nn.elu(v, 0.5),
+    }[layer.name]
     np.testing.assert_allclose(dx, jax.vmap(jax.grad(same_as_jax))(x), rtol=1e-15)
 
 
 def test_shape_errors_name_level_layer_and_shapes(key):
     net = jaxbp.serial(jaxbp.Dense(4), jaxbp.Relu(), jaxbp.Dense(3))
     _, params = net.init(key, (2, 5))
-    with pytest.raises(jaxbp.LayerError, match=r"level 0 \(Dense\(4\)\).*input shape \(2, 6\).*W of shape \(5, 4\)"):
+    with pytest.raises(
+        jaxbp.LayerError, match=r"level 0 \(Dense\(4\)\).*input shape \(2, 6\).*W of shape \(5, 4\)"
+    ):
         net.forward(params, jnp.ones((2, 6)))
     with pytest.raises(jaxbp.LayerError, match=r"level 0 \(Dense\(4\)\).*rank >= 1, got shape \(\)"):
         net.init(key, ())
     with pytest.raises(jaxbp.LayerError, match=r"level 0 \(Dense\(4\)\).*input shape \(\)"):
         net.forward(params, jnp.float32(1.0))
-    with pytest.raises(jaxbp.LayerError, match=r"Reshape\(\(4, -1\)\): cannot reshape input of shape \(2, 6\)"):
+    with pytest.raises(
+        jaxbp.LayerError, match=r"Reshape\(\(4, -1\)\): cannot reshape input of shape \(2, 6\)"
+    ):
         jaxbp.Reshape((4, -1)).forward((), jnp.ones((2, 6)))
 
 
@@ -85,9 +92,13 @@ def test_params_from_another_network_are_refused_at_trace_time(key):
     _, params = net.init(key, (2, 5))
     _, other_params = other.init(key, (2, 5))
     with pytest.raises(jaxbp.LayerError, match=r"3 levels got params with 5 entries"):
-        jax.jit(jaxbp.value_and_grad(net, jaxbp.SoftmaxCrossEntropy()))(other_params, jnp.ones((2, 5)), jnp.zeros(2, int))
+        jax.jit(jaxbp.value_and_grad(net, jaxbp.SoftmaxCrossEntropy()))(
+            other_params, jnp.ones((2, 5)), jnp.zeros(2, int)
+        )
     swapped = (params[0], (), {"W": jnp.ones((5, 3)), "b": jnp.zeros(3)})
-    with pytest.raises(jaxbp.LayerError, match=r"level 2 \(Dense\(3\)\): .*input shape \(2, 4\).*W of shape \(5, 3\)"):
+    with pytest.raises(
+        jaxbp.LayerError, match=r"level 2 \(Dense\(3\)\): .*input shape \(2, 4\).*W of shape \(5, 3\)"
+    ):
         jax.jit(net.forward)(swapped, jnp.ones((2, 5)))
 
 

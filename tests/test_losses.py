@@ -10,10 +10,16 @@ import jaxbp
 
 LOSSES = {
     "ce_labels": (jaxbp.SoftmaxCrossEntropy, lambda k, s: jax.random.randint(k, s[:-1], 0, s[-1])),
-    "ce_onehot": (jaxbp.SoftmaxCrossEntropy, lambda k, s: jax.nn.one_hot(jax.random.randint(k, s[:-1], 0, s[-1]), s[-1])),
+    "ce_onehot": (
+        jaxbp.SoftmaxCrossEntropy,
+        lambda k, s: jax.nn.one_hot(jax.random.randint(k, s[:-1], 0, s[-1]), s[-1]),
+    ),
     "ce_soft": (jaxbp.SoftmaxCrossEntropy, lambda k, s: jax.nn.softmax(jax.random.normal(k, s))),
     "mse": (jaxbp.MeanSquaredError, lambda k, s: jax.random.normal(k, s)),
-    "bce": (jaxbp.BinaryCrossEntropyWithLogits, lambda k, s: jax.random.bernoulli(k, 0.5, s).astype(jnp.float32)),
+    "bce": (
+        jaxbp.BinaryCrossEntropyWithLogits,
+        lambda k, s: jax.random.bernoulli(k, 0.5, s).astype(jnp.float32),
+    ),
 }
 
 
@@ -51,8 +57,11 @@ def test_keeps_float32_and_bfloat16(name, key):
 def test_stable_at_huge_logits(name):
     make, _ = LOSSES[name]
     z = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 5.0]], jnp.float32)
-    target = {"ce_labels": jnp.array([1, 1]), "ce_soft": jnp.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]]),
-              "bce": jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])}[name]
+    target = {
+        "ce_labels": jnp.array([1, 1]),
+        "ce_soft": jnp.array([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0]]),
+        "bce": jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]),
+    }[name]
     value, res = make().forward(z, target)
     dz = make().backward(res)
     assert np.isfinite(value) and np.all(np.isfinite(dz))
@@ -68,7 +77,9 @@ def test_cross_entropy_value_matches_optax(key):
     z = jax.random.normal(key, (6, 4))
     labels = jnp.array([0, 3, 2, 1, 1, 0])
     value, _ = jaxbp.SoftmaxCrossEntropy().forward(z, labels)
-    np.testing.assert_allclose(value, optax.softmax_cross_entropy_with_integer_labels(z, labels).mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        value, optax.softmax_cross_entropy_with_integer_labels(z, labels).mean(), rtol=1e-6
+    )
 
 
 def test_bad_targets_raise_clear_errors():

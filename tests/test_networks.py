@@ -1,4 +1,4 @@
-"""Networks of core layers with every loss: jaxbp.value_and_grad == jax.value_and_grad of the composed forward."""
+"""Networks of core layers with every loss: manual value_and_grad == jax.value_and_grad of the forward."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,16 @@ from harness import assert_trees_close, cast_floats
 
 import jaxbp
 
-ACTIVATIONS = [jaxbp.Relu, jaxbp.LeakyRelu, jaxbp.Tanh, jaxbp.Sigmoid, jaxbp.Gelu,
-               lambda: jaxbp.Gelu(approximate=False), jaxbp.Softplus, jaxbp.Elu]
+ACTIVATIONS = [
+    jaxbp.Relu,
+    jaxbp.LeakyRelu,
+    jaxbp.Tanh,
+    jaxbp.Sigmoid,
+    jaxbp.Gelu,
+    lambda: jaxbp.Gelu(approximate=False),
+    jaxbp.Softplus,
+    jaxbp.Elu,
+]
 
 
 def make_target(loss_name, key, out_shape):
@@ -20,7 +28,11 @@ def make_target(loss_name, key, out_shape):
     return jax.random.normal(key, out_shape, jnp.float64)
 
 
-LOSS = {"ce": jaxbp.SoftmaxCrossEntropy, "mse": jaxbp.MeanSquaredError, "bce": jaxbp.BinaryCrossEntropyWithLogits}
+LOSS = {
+    "ce": jaxbp.SoftmaxCrossEntropy,
+    "mse": jaxbp.MeanSquaredError,
+    "bce": jaxbp.BinaryCrossEntropyWithLogits,
+}
 
 
 def autodiff_value_and_grad(net, loss):
@@ -66,7 +78,9 @@ def test_grad_is_value_and_grad_without_value(key):
     _, params = net.init(key, (3, 5))
     x, t = jax.random.normal(key, (3, 5)), jnp.array([0, 1, 1])
     loss = jaxbp.SoftmaxCrossEntropy()
-    assert_trees_close(jaxbp.grad(net, loss)(params, x, t), jaxbp.value_and_grad(net, loss)(params, x, t)[1], 0.0)
+    assert_trees_close(
+        jaxbp.grad(net, loss)(params, x, t), jaxbp.value_and_grad(net, loss)(params, x, t)[1], 0.0
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -81,7 +95,8 @@ def test_keeps_input_dtype_under_x64(dtype, key):
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(g))
     if dtype == jnp.bfloat16:  # bf16 gradients agree with float32 ones to bf16 precision
         _, g32 = jaxbp.value_and_grad(net, jaxbp.SoftmaxCrossEntropy())(
-            cast_floats(params, jnp.float32), x.astype(jnp.float32), jnp.array([0, 1, 2, 0]))
+            cast_floats(params, jnp.float32), x.astype(jnp.float32), jnp.array([0, 1, 2, 0])
+        )
         assert_trees_close(cast_floats(g, jnp.float32), g32, 5e-2)
 
 

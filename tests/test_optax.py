@@ -26,7 +26,7 @@ def test_sgd_is_omega_minus_eta_grad_leaf_by_leaf(key):
     opt = optax.sgd(eta)
     updates, _ = opt.update(grads, opt.init(params), params)
     new = optax.apply_updates(params, updates)
-    for p, g, n in zip(jax.tree.leaves(params), jax.tree.leaves(grads), jax.tree.leaves(new)):
+    for p, g, n in zip(jax.tree.leaves(params), jax.tree.leaves(grads), jax.tree.leaves(new), strict=True):
         np.testing.assert_array_equal(n, p - eta * g)
 
 
@@ -34,8 +34,10 @@ CHAINS = {
     "momentum": lambda: optax.sgd(0.1, momentum=0.9),
     "nesterov": lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
     "weight_decay_clip_cosine": lambda: optax.chain(
-        optax.clip_by_global_norm(1.0), optax.add_decayed_weights(1e-3),
-        optax.sgd(optax.cosine_decay_schedule(0.1, 10), momentum=0.9)),
+        optax.clip_by_global_norm(1.0),
+        optax.add_decayed_weights(1e-3),
+        optax.sgd(optax.cosine_decay_schedule(0.1, 10), momentum=0.9),
+    ),
     "adamw": lambda: optax.adamw(1e-2),
 }
 

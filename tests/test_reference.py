@@ -13,10 +13,14 @@ from reference import numpy_bp as ref
 K = 5
 LR = 0.2
 ACTS = {
-    "relu": (jaxbp.Relu, ref.relu), "leaky_relu": (lambda: jaxbp.LeakyRelu(0.1), lambda: ref.leaky_relu(0.1)),
-    "tanh": (jaxbp.Tanh, ref.tanh), "sigmoid": (jaxbp.Sigmoid, ref.sigmoid),
-    "gelu": (jaxbp.Gelu, ref.gelu), "gelu_exact": (lambda: jaxbp.Gelu(False), lambda: ref.gelu(False)),
-    "softplus": (jaxbp.Softplus, ref.softplus), "elu": (lambda: jaxbp.Elu(0.5), lambda: ref.elu(0.5)),
+    "relu": (jaxbp.Relu, ref.relu),
+    "leaky_relu": (lambda: jaxbp.LeakyRelu(0.1), lambda: ref.leaky_relu(0.1)),
+    "tanh": (jaxbp.Tanh, ref.tanh),
+    "sigmoid": (jaxbp.Sigmoid, ref.sigmoid),
+    "gelu": (jaxbp.Gelu, ref.gelu),
+    "gelu_exact": (lambda: jaxbp.Gelu(False), lambda: ref.gelu(False)),
+    "softplus": (jaxbp.Softplus, ref.softplus),
+    "elu": (lambda: jaxbp.Elu(0.5), lambda: ref.elu(0.5)),
 }
 LOSSES = {
     "ce": (jaxbp.SoftmaxCrossEntropy, ref.softmax_cross_entropy),
@@ -26,7 +30,9 @@ LOSSES = {
 
 
 def to_numpy_params(params):
-    return [{k: np.asarray(v, np.float64) for k, v in p.items()} if isinstance(p, dict) else {} for p in params]
+    return [
+        {k: np.asarray(v, np.float64) for k, v in p.items()} if isinstance(p, dict) else {} for p in params
+    ]
 
 
 def batches(loss_name, rng):
@@ -68,7 +74,7 @@ def test_k_sgd_steps_agree_with_numpy_reference(act, loss_name):
 
     ref_params, ref_losses = ref.train_sgd(ref_layers, start, rloss(), data, LR)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
-    for got, want in zip(to_numpy_params(ts.params), ref_params):
+    for got, want in zip(to_numpy_params(ts.params), ref_params, strict=True):
         for k in want:
             assert rel_err(got[k], want[k]) <= 1e-10, (k, rel_err(got[k], want[k]))
     assert rel_err(to_numpy_params(ts.params)[1]["W"], start[1]["W"]) > 1e-3  # training moved the params
