@@ -48,7 +48,13 @@ def child(out: str) -> None:
 
     from jaxbp.core import LayerError
     from jaxbp.losses import SoftmaxCrossEntropy
-    from jaxbp.distributed import make_mesh, make_parallel_train_step, replicate, shard_batch, train_step_fn_for
+    from jaxbp.distributed import (
+        make_mesh,
+        make_parallel_train_step,
+        replicate,
+        shard_batch,
+        train_step_fn_for,
+    )
     from jaxbp.step import init_train_state, make_train_step
 
     loss, opt = SoftmaxCrossEntropy(), optax.sgd(0.1, momentum=0.9)
@@ -167,3 +173,36 @@ def test_asking_for_more_devices_than_exist_is_a_clear_error():
 
     with pytest.raises(LayerError, match=r"asked for 3 devices, 1 available.*device_count=3"):
         make_mesh(3)
+
+
+def test_train_command_devices_flag(tmp_path):
+    """`python -m jaxbp train --devices 2` trains like `--devices 1` (CNN preset: synced BatchNorm)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    runs = {}
+    for n in (1, 2):
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxbp",
+            "train",
+            "--model",
+            "cnn",
+            "--widths",
+            "4,8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--json",
+            "--no-progress",
+            "--devices",
+            str(n),
+        ]
+        proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(runs[2]["train_loss"], runs[1]["train_loss"], rtol=1e-4)
+    assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 2 / 364
+    bad = [sys.executable, "-m", "jaxbp", "train", "--epochs", "1", "--batch-size", "63", "--devices", "2"]
+    proc = subprocess.run(bad, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "not divisible by the device count 2" in proc.stderr
