@@ -9,7 +9,7 @@ import jax
 import optax
 
 from jaxbp.backprop import forward_backward
-from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state
+from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful
 
 
 class TrainState(NamedTuple):
@@ -19,7 +19,7 @@ class TrainState(NamedTuple):
       params: the network's params.
       opt_state: the optax optimizer state.
       state: the network's state (BatchNorm running statistics), ``()`` when none.
-      key: the PRNG key for random layers; split once per step.
+      key: the PRNG key for random layers; split once per step when the net is stateful.
       step: the number of steps taken, an int32 scalar.
     """
 
@@ -63,8 +63,10 @@ def train_step_fn(net: Layer, loss: Loss, optimizer: optax.GradientTransformatio
     :func:`make_train_step` is the same function compiled with its state donated.
     """
 
+    random = is_stateful(net)  # only stateful nets (Dropout) consume a key: no split otherwise
+
     def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
-        key, step_key = jax.random.split(ts.key)
+        key, step_key = jax.random.split(ts.key) if random else (ts.key, None)
         value, grads, new_state = forward_backward(
             net, loss, ts.params, x, target, state=ts.state, key=step_key, train=True
         )

@@ -90,13 +90,9 @@ def MaxPool(
         xp = lax.pad(
             x, jnp.array(-jnp.inf, x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
         )
-        y = _offset_slice(xp, offsets[0], out, st)
-        arg = jnp.zeros(y.shape, idx_dtype)  # which offset holds the window's first max
-        for k, a in enumerate(offsets[1:], 1):
-            v = _offset_slice(xp, a, out, st)
-            later = v > y  # strict: on ties the earlier offset keeps the window
-            arg = jnp.where(later, jnp.array(k, idx_dtype), arg)
-            y = jnp.where(later, v, y)
+        windows = jnp.stack([_offset_slice(xp, a, out, st) for a in offsets], axis=-1)
+        arg = jnp.argmax(windows, axis=-1).astype(idx_dtype)  # the offset of each window's first max
+        y = jnp.take_along_axis(windows, arg[..., None].astype(jnp.int32), axis=-1)[..., 0]
         return y, (arg, Static(x.shape))
 
     def backward(params, res, g):
