@@ -32,7 +32,6 @@ from jaxbp.bench_timing import (
     gemm_throughput,
     make_gemm,
     mlp_step_flops,
-    step_fn_with,
     time_alternating,
 )
 from jaxbp.step import init_train_state, train_step_fn
@@ -96,7 +95,7 @@ def bench_model(
             "step",
             {
                 "manual": train_step_fn(net, loss, optimizer),
-                "jax": step_fn_with(autodiff_forward_backward, net, loss, optimizer),
+                "jax": train_step_fn(net, loss, optimizer, forward_backward=autodiff_forward_backward),
             },
             step_args,
         ),

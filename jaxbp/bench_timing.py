@@ -13,10 +13,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxbp.core import Array, Layer, Loss, Params, State, apply
-from jaxbp.step import TrainState
 
 
 def autodiff_forward_backward(
@@ -40,21 +38,6 @@ def autodiff_forward_backward(
 
     (value, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return value, grads, new_state
-
-
-def step_fn_with(forward_backward: Callable, net: Layer, loss: Loss, optimizer) -> Callable:
-    """:func:`jaxbp.step.train_step_fn` with its ``forward_backward`` replaced (for the baseline)."""
-
-    def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
-        key, step_key = jax.random.split(ts.key)
-        value, grads, new_state = forward_backward(
-            net, loss, ts.params, x, target, state=ts.state, key=step_key, train=True
-        )
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        return TrainState(params, opt_state, new_state, key, ts.step + 1), value
-
-    return step
 
 
 def compile_stats(fn: Callable, *args: Any) -> tuple[Callable, dict[str, float]]:

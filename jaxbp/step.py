@@ -56,11 +56,19 @@ def init_train_state(
     return out_shape, ts
 
 
-def train_step_fn(net: Layer, loss: Loss, optimizer: optax.GradientTransformation) -> Callable:
+def train_step_fn(
+    net: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    *,
+    forward_backward: Callable = forward_backward,
+) -> Callable:
     """The uncompiled step ``(train_state, x, target) -> (train_state, loss_value)``.
 
     Use it inside larger compiled programs (``lax.scan`` over an epoch of batches);
     :func:`make_train_step` is the same function compiled with its state donated.
+    ``forward_backward`` (same signature as :func:`jaxbp.backprop.forward_backward`) is
+    replaceable, so a benchmark can build the identical step on ``jax.grad``.
     """
 
     random = is_stateful(net)  # only stateful nets (Dropout) consume a key: no split otherwise
