@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-
 import numpy as np
 
 import jaxbp
@@ -61,7 +60,10 @@ def _elementwise(name: str, make: Callable[[], Layer]) -> Entry:
 CORE = [
     Entry(
         "Dense",
-        lambda rng: (jaxbp.Dense(_i(rng, 1, 9), use_bias=bool(rng.integers(2))), (_i(rng, 1, 6), _i(rng, 1, 9))),
+        lambda rng: (
+            jaxbp.Dense(_i(rng, 1, 9), use_bias=bool(rng.integers(2))),
+            (_i(rng, 1, 6), _i(rng, 1, 9)),
+        ),
         lambda: (jaxbp.Dense(5), (4, 7)),
     ),
     Entry(

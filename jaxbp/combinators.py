@@ -44,7 +44,7 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         shape, params = tuple(input_shape), []
-        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)))):
+        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)), strict=True)):
             with at_level(i, layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
@@ -63,7 +63,7 @@ def serial(*layers: Layer) -> Layer:
         def forward(params, x):
             _check_levels(name, layers, params)
             res = []
-            for i, (layer, p) in enumerate(zip(layers, params)):
+            for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
                 with at_level(i, layer):
                     x, r = layer.forward(p, x)
                 res.append(r)
@@ -83,7 +83,7 @@ def serial(*layers: Layer) -> Layer:
         _check_levels(name, layers, params)
         _check_levels(name + " state", layers, state)
         res, new_state = [], []
-        for i, (layer, p, s) in enumerate(zip(layers, params, state)):
+        for i, (layer, p, s) in enumerate(zip(layers, params, state, strict=True)):
             k = None if key is None else jax.random.fold_in(key, i)
             with at_level(i, layer):
                 x, r, s = apply(layer, p, x, state=s, key=k, train=train)

@@ -146,7 +146,7 @@ def binary_cross_entropy_with_logits() -> RefLoss:
 def forward_backward(layers: list[RefLayer], params: list[dict], loss: RefLoss, x, target):
     """One forward pass (levels 1..N) and one backward pass (levels N..1); returns (loss, grads)."""
     caches = []
-    for layer, p in zip(layers, params):
+    for layer, p in zip(layers, params, strict=True):
         x, cache = layer.forward(p, x)
         caches.append(cache)
     value, loss_cache = loss.forward(x, target)

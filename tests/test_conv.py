@@ -124,8 +124,9 @@ def test_conv_same_padding_matches_lax_with_dilation(key):
     _, params = layer.init(key, (1, 7, 3))
     assert output_shape(layer, (1, 7, 3)) == (1, 4, 2)
     x = jax.random.normal(key, (1, 7, 3), jnp.float32)
-    want = jax.lax.conv_general_dilated(x, params["kernel"], (2,), "SAME", rhs_dilation=(2,),
-                                        dimension_numbers=("NWC", "WIO", "NWC"))
+    want = jax.lax.conv_general_dilated(
+        x, params["kernel"], (2,), "SAME", rhs_dilation=(2,), dimension_numbers=("NWC", "WIO", "NWC")
+    )
     np.testing.assert_allclose(layer.forward(params, x)[0], want + params["bias"], rtol=1e-6, atol=1e-6)
 
 
@@ -145,8 +146,12 @@ BAD = [
     (lambda k: Conv2D(4, (3, 3), padding="FULL").init(k, (1, 3, 3, 1)), ["Conv2D", "'FULL'"]),
     (lambda k: Conv2D(4, (3, 3), padding=((1, 1),)).init(k, (1, 3, 3, 1)), ["Conv2D", "2 non-negative"]),
     (lambda k: Conv2D(4, (3, 3, 3)), ["Conv2D", "kernel_size", "(3, 3, 3)"]),
-    (lambda k: Conv2D(4, (3, 3)).forward(Conv2D(4, (3, 3)).init(k, (1, 5, 5, 2))[1], jnp.ones((1, 5, 5, 3))),
-     ["Conv2D", "'kernel'", "(3, 3, 2, 4)", "(3, 3, 3, 4)"]),
+    (
+        lambda k: Conv2D(4, (3, 3)).forward(
+            Conv2D(4, (3, 3)).init(k, (1, 5, 5, 2))[1], jnp.ones((1, 5, 5, 3))
+        ),
+        ["Conv2D", "'kernel'", "(3, 3, 2, 4)", "(3, 3, 3, 4)"],
+    ),
     (lambda k: MaxPool((2, 2), padding=((2, 0), (0, 0))).init(k, (1, 4, 4, 1)), ["MaxPool", "smaller than"]),
     (lambda k: MaxPool((2, 2)).forward((), jnp.ones((4, 4))), ["MaxPool", "(4, 4)"]),
     (lambda k: AvgPool((4,)).init(k, (1, 3, 2)), ["AvgPool", "(1, 3, 2)", "window (4,)"]),

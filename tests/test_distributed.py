@@ -26,10 +26,10 @@ RTOL = 2e-5  # float32: the shards' partial sums are added in another order
 def nets():
     """name -> (parallel net, the same net for one-device training)."""
     from jaxbp.combinators import serial
+    from jaxbp.distributed import AXIS
     from jaxbp.layers.activations import Relu
     from jaxbp.layers.dense import Dense
     from jaxbp.layers.norm import BatchNorm
-    from jaxbp.distributed import AXIS
 
     return {
         "mlp": (serial(Dense(8), Relu(), Dense(CLASSES)),) * 2,
@@ -47,7 +47,6 @@ def child(out: str) -> None:
     import optax
 
     from jaxbp.core import LayerError
-    from jaxbp.losses import SoftmaxCrossEntropy
     from jaxbp.distributed import (
         make_mesh,
         make_parallel_train_step,
@@ -55,6 +54,7 @@ def child(out: str) -> None:
         shard_batch,
         train_step_fn_for,
     )
+    from jaxbp.losses import SoftmaxCrossEntropy
     from jaxbp.step import init_train_state, make_train_step
 
     loss, opt = SoftmaxCrossEntropy(), optax.sgd(0.1, momentum=0.9)

@@ -269,8 +269,13 @@ def test_k_sgd_steps_agree_with_numpy_reference():
     K, LR, ids_shape = 5, 0.3, (6, 3)
     net = jaxbp.serial(
         # Tanh and no Dense bias: else BatchNorm cancels LayerNorm's and Dense's biases (exact grads 0)
-        Embedding(10, 5), LayerNorm(), jaxbp.Tanh(), jaxbp.Dense(7, use_bias=False),
-        BatchNorm(momentum=0.8), jaxbp.Relu(), jaxbp.Dense(4),
+        Embedding(10, 5),
+        LayerNorm(),
+        jaxbp.Tanh(),
+        jaxbp.Dense(7, use_bias=False),
+        BatchNorm(momentum=0.8),
+        jaxbp.Relu(),
+        jaxbp.Dense(4),
     )
     _, params = net.init(jax.random.PRNGKey(1), ids_shape)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
@@ -289,8 +294,13 @@ def test_k_sgd_steps_agree_with_numpy_reference():
 
     bn_state = {"mean": np.zeros(7), "var": np.ones(7)}
     layers = [
-        ref_norm.embedding(10), ref_norm.layer_norm(), ref.tanh(), ref.dense(),
-        ref_norm.batch_norm(bn_state, momentum=0.8), ref.relu(), ref.dense(),
+        ref_norm.embedding(10),
+        ref_norm.layer_norm(),
+        ref.tanh(),
+        ref.dense(),
+        ref_norm.batch_norm(bn_state, momentum=0.8),
+        ref.relu(),
+        ref.dense(),
     ]
     ref_params, ref_losses = ref.train_sgd(layers, start, ref.softmax_cross_entropy(), data, LR)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)

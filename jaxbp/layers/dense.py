@@ -31,8 +31,7 @@ def Dense(
         W = params["W"]
         if x.ndim < 1 or x.shape[-1] != W.shape[0]:
             raise LayerError(
-                f"{name}: input shape {x.shape} does not fit W of shape {W.shape}"
-                f" (needs (..., {W.shape[0]}))"
+                f"{name}: input shape {x.shape} does not fit W of shape {W.shape} (needs (..., {W.shape[0]}))"
             )
         y = x @ W
         if use_bias:
