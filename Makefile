@@ -18,7 +18,7 @@ train: $(STAMP)
 	$(PY) -m jaxbp train
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 check: $(STAMP)
 	$(PY) -m jaxbp check
