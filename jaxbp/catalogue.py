@@ -7,6 +7,7 @@ generator, so that property tests and the checker sweep the same space.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,6 +16,15 @@ import numpy as np
 
 import jaxbp
 from jaxbp.core import Layer, Shape
+from jaxbp.graph import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel
+from jaxbp.layers.attention import MultiHeadAttention
+from jaxbp.layers.conv import Conv1D, Conv2D
+from jaxbp.layers.dropout import Dropout
+from jaxbp.layers.embedding import Embedding
+from jaxbp.layers.norm import BatchNorm, LayerNorm
+from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
+from jaxbp.layers.recurrent import LSTM, RNN
+from jaxbp.layers.softmax import LogSoftmax, Softmax
 
 
 def normal_input(key, shape, dtype):
@@ -100,8 +110,6 @@ CORE = [
 ]
 
 # --- convolution and pooling (layer catalogue) ---
-from jaxbp.layers.conv import Conv1D, Conv2D  # noqa: E402
-from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool  # noqa: E402
 
 
 def _padding(rng, window: tuple[int, ...]):
@@ -156,12 +164,6 @@ CONV: list[Entry] = [
 ]
 
 # --- normalisation, dropout, embedding, softmax layers (layer catalogue) ---
-import math  # noqa: E402
-
-from jaxbp.layers.dropout import Dropout  # noqa: E402
-from jaxbp.layers.embedding import Embedding  # noqa: E402
-from jaxbp.layers.norm import BatchNorm, LayerNorm  # noqa: E402
-from jaxbp.layers.softmax import LogSoftmax, Softmax  # noqa: E402
 
 
 def _perturbed(layer: Layer) -> Layer:
@@ -251,9 +253,6 @@ NORM: list[Entry] = [
 ]
 
 # --- attention, recurrence, residual and graph combinators (layer catalogue) ---
-from jaxbp.graph import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel  # noqa: E402
-from jaxbp.layers.attention import MultiHeadAttention  # noqa: E402
-from jaxbp.layers.recurrent import LSTM, RNN  # noqa: E402
 
 
 def _odd(rng: np.random.Generator, hi: int) -> int:
