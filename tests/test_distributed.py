@@ -176,7 +176,10 @@ def test_asking_for_more_devices_than_exist_is_a_clear_error():
 
 
 def test_train_command_devices_flag(tmp_path):
-    """`python -m jaxbp train --devices 2` trains like `--devices 1` (CNN preset: synced BatchNorm)."""
+    """`python -m jaxbp train --devices 2` trains like `--devices 1` (CNN preset: synced BatchNorm).
+
+    (Indivisible batches are refused: see the divisibility checks in the 4-device child above.)
+    """
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     runs = {}
     for n in (1, 2):
@@ -203,6 +206,3 @@ def test_train_command_devices_flag(tmp_path):
         runs[n] = json.loads(proc.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(runs[2]["train_loss"], runs[1]["train_loss"], rtol=1e-4)
     assert abs(runs[2]["test_accuracy"] - runs[1]["test_accuracy"]) <= 2 / 364
-    bad = [sys.executable, "-m", "jaxbp", "train", "--epochs", "1", "--batch-size", "63", "--devices", "2"]
-    proc = subprocess.run(bad, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "not divisible by the device count 2" in proc.stderr
