@@ -11,12 +11,12 @@ from jaxbp.core import Layer, LayerError, apply, init_state, is_stateful, layer_
 
 
 @contextlib.contextmanager
-def at_level(index: int, layer: Layer) -> Iterator[None]:
-    """Re-raise shape and type errors from inside a level with the level's index and name."""
+def at_level(index: int, layer: Layer, kind: str = "level") -> Iterator[None]:
+    """Re-raise shape and type errors from inside a level (or branch) with its index and name."""
     try:
         yield
     except (LayerError, ValueError, TypeError) as e:
-        raise LayerError(f"level {index} ({layer_name(layer)}): {e}") from e
+        raise LayerError(f"{kind} {index} ({layer_name(layer)}): {e}") from e
 
 
 def _check_levels(name: str, layers: tuple[Layer, ...], params) -> None:

@@ -12,12 +12,10 @@ branches' cotangents (``FanOut`` backward, the ``g +`` in ``Residual`` backward)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import jax
 import jax.numpy as jnp
 
+from jaxbp.combinators import at_level
 from jaxbp.core import Layer, LayerError, Static, apply, init_state, is_stateful, layer_name, output_shape
 
 
@@ -139,13 +137,9 @@ def FanInConcat(axis: int = -1) -> Layer:
     return Layer(init, forward, backward, name=name)
 
 
-@contextlib.contextmanager
-def at_branch(index: int, layer: Layer) -> Iterator[None]:
+def at_branch(index: int, layer: Layer):
     """Re-raise shape and type errors from inside a branch with the branch's index and name."""
-    try:
-        yield
-    except (LayerError, ValueError, TypeError) as e:
-        raise LayerError(f"branch {index} ({layer_name(layer)}): {e}") from e
+    return at_level(index, layer, kind="branch")
 
 
 def _check_branches(name: str, n: int, tree, what: str) -> None:
