@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxbp.backprop import forward_backward
-from jaxbp.bench_models import MODELS, build
-from jaxbp.bench_timing import autodiff_forward_backward, step_fn_with
+from jaxbp.bench.models import MODELS, build
+from jaxbp.bench.timing import autodiff_forward_backward, step_fn_with
 from jaxbp.step import init_train_state, train_step_fn
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = [^=]*? ([a-z][\w\-]*)\(", re.M)

@@ -27,8 +27,8 @@ from jax import lax
 
 import jaxbp.layers.pool as pool
 from jaxbp.backprop import forward_backward
-from jaxbp.bench_models import build
-from jaxbp.bench_timing import autodiff_forward_backward, compile_stats, time_alternating
+from jaxbp.bench.models import build
+from jaxbp.bench.timing import autodiff_forward_backward, compile_stats, time_alternating
 from jaxbp.core import Static
 from jaxbp.step import init_train_state
 

@@ -7,7 +7,13 @@ from jaxbp.check import check_catalogue as check_catalogue
 from jaxbp.check import check_layer as check_layer
 from jaxbp.check import check_network as check_network
 from jaxbp.check import check_sgd_step as check_sgd_step
-from jaxbp.check_report import CheckReport as CheckReport
+from jaxbp.check.report import CheckReport as CheckReport
+from jaxbp.combinators import FanInConcat as FanInConcat
+from jaxbp.combinators import FanInSum as FanInSum
+from jaxbp.combinators import FanOut as FanOut
+from jaxbp.combinators import Identity as Identity
+from jaxbp.combinators import Residual as Residual
+from jaxbp.combinators import parallel as parallel
 from jaxbp.combinators import serial as serial
 from jaxbp.core import Layer as Layer
 from jaxbp.core import LayerError as LayerError
@@ -22,12 +28,6 @@ from jaxbp.distributed import make_parallel_train_step as make_parallel_train_st
 from jaxbp.distributed import replicate as replicate
 from jaxbp.distributed import shard_batch as shard_batch
 from jaxbp.flow import backward_with_flow as backward_with_flow
-from jaxbp.graph import FanInConcat as FanInConcat
-from jaxbp.graph import FanInSum as FanInSum
-from jaxbp.graph import FanOut as FanOut
-from jaxbp.graph import Identity as Identity
-from jaxbp.graph import Residual as Residual
-from jaxbp.graph import parallel as parallel
 from jaxbp.interop import as_custom_vjp as as_custom_vjp
 from jaxbp.interop import per_example_grads as per_example_grads
 from jaxbp.layers.activations import Elu as Elu

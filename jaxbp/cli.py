@@ -11,9 +11,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("jaxbp.train", "train a model with the hand-written backward (the main job)"),
-    "check": ("jaxbp.check_cli", "check hand-written backwards against JAX autodiff"),
-    "bench": ("jaxbp.bench", "benchmark the manual backward against jax.grad"),
+    "train": ("jaxbp.train.cli", "train a model with the hand-written backward (the main job)"),
+    "check": ("jaxbp.check.cli", "check hand-written backwards against JAX autodiff"),
+    "bench": ("jaxbp.bench.cli", "benchmark the manual backward against jax.grad"),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import jaxbp
 from jaxbp.backprop import value_and_grad
-from jaxbp.bench_models import ModelUnavailableError, _need
+from jaxbp.bench.models import ModelUnavailableError, _need
 from jaxbp.cli import main
 
 B, D_IN, WIDTHS = 4, 7, (6, 5, 3)  # distinct sizes, so each dot's shape names the level it belongs to

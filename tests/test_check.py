@@ -11,8 +11,8 @@ import pytest
 from test_mutations import MutDense
 
 import jaxbp
-from jaxbp.catalogue import CATALOGUE
 from jaxbp.check import check_catalogue, check_layer, check_network, check_sgd_step
+from jaxbp.check.catalogue import CATALOGUE
 
 SEEDS = 50
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint
-from jaxbp.checkpoint import CheckpointError
+from jaxbp.train import checkpoint
+from jaxbp.train.checkpoint import CheckpointError
 
 
 def tree(v):

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxbp.data import DataError, load_dataset, load_digits, load_idx_dir, load_npz, read_idx
+from jaxbp.train.data import DataError, load_dataset, load_digits, load_idx_dir, load_npz, read_idx
 
 
 def write_idx(path, array: np.ndarray) -> None:

@@ -12,7 +12,7 @@ from harness import check_layer_against_vjp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxbp.catalogue import CATALOGUE
+from jaxbp.check.catalogue import CATALOGUE
 
 NAMES = sorted(CATALOGUE)
 

@@ -7,8 +7,8 @@ import pytest
 from harness import assert_trees_close, cast_floats, check_layer_against_vjp, rel_err
 
 import jaxbp
+from jaxbp.combinators import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel
 from jaxbp.core import LayerError, apply, init_state
-from jaxbp.graph import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel
 from jaxbp.layers.attention import MultiHeadAttention
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.norm import BatchNorm, LayerNorm

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp import checkpoint, cli
-from jaxbp.data import Dataset
-from jaxbp.epoch import make_epoch, make_epoch_loop
+from jaxbp import cli
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.norm import BatchNorm
-from jaxbp.train import NonFiniteError, fit, make_optimizer
+from jaxbp.train import checkpoint
+from jaxbp.train.data import Dataset
+from jaxbp.train.epoch import make_epoch, make_epoch_loop
+from jaxbp.train.fit import NonFiniteError, fit, make_optimizer
 
 
 def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:

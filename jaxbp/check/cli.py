@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from jaxbp.check_report import CheckReport
+from jaxbp.check.report import CheckReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +60,8 @@ def _factory_report(spec: str, input_shape: str | None, dtype, seeds: int) -> Ch
 
 def main(args: argparse.Namespace) -> int:
     """Run the checks; print tables (or JSON); 1 if anything failed."""
-    from jaxbp.catalogue import CATALOGUE
     from jaxbp.check import check_catalogue
+    from jaxbp.check.catalogue import CATALOGUE
 
     start = time.perf_counter()
     if args.factory:

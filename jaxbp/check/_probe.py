@@ -1,9 +1,9 @@
 """The checker's machinery: one traced probe per layer or network, and its statistics as report rows.
 
 :func:`_probe` runs, under one trace, every level's own backward against the witnesses of
-:mod:`jaxbp.check_witness` (on the activations and true cotangents that reach the level), the
+:mod:`jaxbp.check._witness` (on the activations and true cotangents that reach the level), the
 loss as one more level, and the whole network's backward against autodiff. :func:`_build_report`
-turns the per-seed statistics into :class:`~jaxbp.check_report.LeafCheck` rows with the
+turns the per-seed statistics into :class:`~jaxbp.check.report.LeafCheck` rows with the
 dtype-derived tolerances, the kink/tie excuses and the "follows" marking of inherited errors.
 Public entry points live in :mod:`jaxbp.check`.
 """
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp.check_report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.check_witness import cast, is_float, witness_stats
+from jaxbp.check._witness import cast, is_float, witness_stats
+from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
 from jaxbp.core import Layer, apply, is_stateful, layer_name
 
 FD_RTOL = (

@@ -78,8 +78,8 @@ def mlp(name: str, sizes: tuple[int, ...], batch: int) -> Model:
 
 
 def cnn(name: str, batch: int, side: int = 28, widths: tuple[int, ...] | None = None) -> Model:
-    """The ``cnn`` preset of :mod:`jaxbp.models` (28x28 data sets) on ``side x side x 1``, 10 classes."""
-    (build_model,) = _need("jaxbp.models", "build_model")
+    """The ``cnn`` preset of :mod:`jaxbp.train.models` on ``side x side x 1``, 10 classes."""
+    (build_model,) = _need("jaxbp.train.models", "build_model")
     net = build_model("cnn", "fashion-mnist", 10, widths)
     desc = f"CNN preset {widths or 'fashion-mnist'}, {side}x{side}x1, batch {batch}"
     return Model(name, net, SoftmaxCrossEntropy(), (batch, side, side, 1), class_labels, desc)
@@ -89,7 +89,7 @@ def transformer(name: str, shape: Shape, heads: int = 4) -> Model:
     """A pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), MSE on its output."""
     (LayerNorm,) = _need("jaxbp.layers.norm", "LayerNorm")
     (MultiHeadAttention,) = _need("jaxbp.layers.attention", "MultiHeadAttention")
-    (Residual,) = _need("jaxbp.graph", "Residual")
+    (Residual,) = _need("jaxbp.combinators", "Residual")
     F = shape[-1]
     net = serial(
         Residual(serial(LayerNorm(), MultiHeadAttention(heads))),

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxbp.bench_models import mlp
+from jaxbp.bench.models import mlp
 from jaxbp.step import init_train_state, make_train_step, train_step_fn
 
 

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 
 import jaxbp
+from jaxbp.combinators import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel
 from jaxbp.core import Layer, Shape
-from jaxbp.graph import FanInConcat, FanInSum, FanOut, Identity, Residual, parallel
 from jaxbp.layers.attention import MultiHeadAttention
 from jaxbp.layers.conv import Conv1D, Conv2D
 from jaxbp.layers.dropout import Dropout

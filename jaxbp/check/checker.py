@@ -3,7 +3,7 @@
 :func:`check_layer` draws params, an input and a cotangent at random (for as many seeds
 as asked, vmapped in one compiled program) and compares the layer's backward, for every
 parameter leaf and for the input, against ``jax.vjp``, a ``jax.jvp`` dot-product test
-and central finite differences in float64 (see :mod:`jaxbp.check_witness`). It runs in
+and central finite differences in float64 (see :mod:`jaxbp.check._witness`). It runs in
 float64 (x64 switched on for the duration and restored) and in the layer's own dtype,
 with tolerances from the dtype's epsilon and the size of the computation.
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.check_probe import (
+from jaxbp.check._probe import (
     FD_RTOL,
     _build_report,
     _compiled,
@@ -35,8 +35,8 @@ from jaxbp.check_probe import (
     _rbg,
     default_rtol,
 )
-from jaxbp.check_report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.check_witness import cast, inner
+from jaxbp.check._witness import cast, inner
+from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
 from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful, layer_name
 from jaxbp.step import TrainState, train_step_fn
 
@@ -87,7 +87,7 @@ def check_layer(
         initial values (a scale of 1, a bias of 0) do not hide a bug that multiplies by them.
 
     Returns:
-      A :class:`~jaxbp.check_report.CheckReport`.
+      A :class:`~jaxbp.check.report.CheckReport`.
     """
     shape = tuple(input_shape)
     key = jax.random.PRNGKey(0) if key is None else key
@@ -169,7 +169,7 @@ def check_network(
       rtol: relative tolerance (default from the dtype and size).
 
     Returns:
-      A :class:`~jaxbp.check_report.CheckReport` whose levels are the network's levels plus the loss.
+      A :class:`~jaxbp.check.report.CheckReport` whose levels are the network's levels plus the loss.
     """
     with jax.enable_x64(True):
         native = _native_dtype((params, x))
@@ -233,7 +233,7 @@ def check_sgd_step(
       rtol: relative tolerance on the update (default from the dtype and size).
 
     Returns:
-      A :class:`~jaxbp.check_report.CheckReport` with one ``sgd`` row per parameter leaf.
+      A :class:`~jaxbp.check.report.CheckReport` with one ``sgd`` row per parameter leaf.
     """
     key = jax.random.PRNGKey(0) if key is None else key
     ts = TrainState(params, optimizer.init(params), state, key, jnp.zeros((), jnp.int32))
@@ -305,7 +305,7 @@ def check_catalogue(
     Returns:
       ``{name: report}`` in catalogue order.
     """
-    from jaxbp.catalogue import CATALOGUE
+    from jaxbp.check.catalogue import CATALOGUE
 
     out = {}
     for name in names or list(CATALOGUE):
