@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test bench lint data check clean
+.PHONY: setup train test test-all bench lint data check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ train: $(STAMP)
 	$(PY) -m jaxbp train
 
 test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 -m "not slow"
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 check: $(STAMP)

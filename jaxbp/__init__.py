@@ -15,12 +15,16 @@ from jaxbp.combinators import Identity as Identity
 from jaxbp.combinators import Residual as Residual
 from jaxbp.combinators import parallel as parallel
 from jaxbp.combinators import serial as serial
+from jaxbp.combinators import walk_backward as walk_backward
+from jaxbp.combinators import walk_forward as walk_forward
 from jaxbp.core import Layer as Layer
 from jaxbp.core import LayerError as LayerError
 from jaxbp.core import Loss as Loss
 from jaxbp.core import Static as Static
+from jaxbp.core import Walk as Walk
 from jaxbp.core import apply as apply
 from jaxbp.core import init_state as init_state
+from jaxbp.core import is_combinator as is_combinator
 from jaxbp.core import is_stateful as is_stateful
 from jaxbp.core import output_shape as output_shape
 from jaxbp.distributed import make_mesh as make_mesh

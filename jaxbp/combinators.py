@@ -20,7 +20,17 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
-from jaxbp.core import Layer, LayerError, Static, apply, init_state, is_stateful, layer_name, output_shape
+from jaxbp.core import (
+    Layer,
+    LayerError,
+    Static,
+    Walk,
+    apply,
+    init_state,
+    is_stateful,
+    layer_name,
+    output_shape,
+)
 
 
 @contextlib.contextmanager
@@ -40,49 +50,110 @@ def _check_levels(name: str, layers: tuple[Layer, ...], params) -> None:
         )
 
 
+def _forward_child(seg: str, child: Layer, params, x, *, state, key, train):
+    return apply(child, params, x, state=state, key=key, train=train)
+
+
+def _backward_child(seg: str, child: Layer, params, res, g):
+    return child.backward(params, res, g)
+
+
+def _combinator(kind: str, name: str, layers: tuple[Layer, ...], init, walk: Walk, state_init) -> Layer:
+    """A combinator's Layer: forward and backward are its walk with visitors that call the children."""
+
+    def backward(params, res, g):
+        return walk.backward(_backward_child, params, res, g)
+
+    if state_init is None:
+
+        def forward(params, x):
+            y, res, _ = walk.forward(_forward_child, params, x, state=(), key=None, train=False)
+            return y, res
+
+    else:
+
+        def forward(params, x, *, state, key, train):
+            return walk.forward(_forward_child, params, x, state=state, key=key, train=train)
+
+    return Layer(init, forward, backward, state_init, name=name, layers=layers, kind=kind, walk=walk)
+
+
+Path = tuple[str, ...]
+
+
+def walk_backward(net: Layer, params, res, g, leaf, path: Path = ()):
+    """The one backward walk: ``net``'s backward with every leaf's backward replaced by ``leaf``.
+
+    Args:
+      net: any layer; combinators are entered recursively through their :class:`~jaxbp.core.Walk`.
+      params, res, g: as for ``net.backward``.
+      leaf: ``(path, layer, params, res, g) -> (dparams, dx)`` for each leaf, top level first;
+        ``path`` is a tuple of segments such as ``("3", "branch", "1")``.
+      path: the path of ``net`` itself.
+
+    Returns:
+      ``(dparams, dx)`` as from ``net.backward`` when ``leaf`` calls ``layer.backward``.
+    """
+    if net.walk is None:
+        return leaf(path, net, params, res, g)
+
+    def visit(seg, child, p, r, gg):
+        return walk_backward(child, p, r, gg, leaf, (*path, seg))
+
+    return net.walk.backward(visit, params, res, g)
+
+
+def walk_forward(net: Layer, params, x, leaf, *, state=(), key=None, train: bool = False, path: Path = ()):
+    """The one forward walk: ``apply(net, ...)`` with every leaf's forward replaced by ``leaf``.
+
+    Keys are folded by the combinators exactly as their own forward does, so a visitor that calls
+    :func:`~jaxbp.core.apply` reproduces the network bit for bit.
+
+    Args:
+      net: any layer.
+      params, x: as for ``net.forward``.
+      leaf: ``(path, layer, params, x, *, state, key, train) -> (y, res, new_state)`` for each leaf,
+        bottom level first.
+      state, key, train: as for :func:`~jaxbp.core.apply`.
+      path: the path of ``net`` itself.
+
+    Returns:
+      ``(y, res, new_state)``.
+    """
+    if net.walk is None:
+        return leaf(path, net, params, x, state=state, key=key, train=train)
+
+    def visit(seg, child, p, xx, *, state, key, train):
+        return walk_forward(child, p, xx, leaf, state=state, key=key, train=train, path=(*path, seg))
+
+    return net.walk.forward(visit, params, x, state=state, key=key, train=train)
+
+
 def serial(*layers: Layer) -> Layer:
     """Compose layers left to right; params, res and state are tuples with one entry per level.
 
     The forward runs the levels 0..N-1 keeping each level's ``res``; the backward
     walks them in reverse, turning dL/dx^{n+1} into (dL/dω^n, dL/dx^n) at each level.
+    Level ``n`` gets ``fold_in(key, n)``; its path segment is ``str(n)``.
 
     Args:
       *layers: the levels, bottom (applied to the input) first.
 
     Returns:
-      A :class:`Layer`; stateful if any level is.
+      A :class:`Layer` of kind ``"serial"``; stateful if any level is.
     """
     layers = tuple(layers)
+    n = len(layers)
     name = "serial(" + ", ".join(layer_name(l) for l in layers) + ")"
+    stateful = any(is_stateful(l) for l in layers)
 
     def init(key, input_shape):
         shape, params = tuple(input_shape), []
-        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, len(layers)), strict=True)):
+        for i, (layer, k) in enumerate(zip(layers, jax.random.split(key, n), strict=True)):
             with at_level(i, layer):
                 shape, p = layer.init(k, shape)
             params.append(p)
         return tuple(shape), tuple(params)
-
-    def backward(params, res, g):
-        # for n = N-1 ... 0:  (dω^n, g) = backward^n(ω^n, res^n, g)   — g is dL/dx^n on exit
-        grads = [None] * len(layers)
-        for i in reversed(range(len(layers))):
-            with at_level(i, layers[i]):
-                grads[i], g = layers[i].backward(params[i], res[i], g)
-        return tuple(grads), g
-
-    if not any(is_stateful(l) for l in layers):
-
-        def forward(params, x):
-            _check_levels(name, layers, params)
-            res = []
-            for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
-                with at_level(i, layer):
-                    x, r = layer.forward(p, x)
-                res.append(r)
-            return x, tuple(res)
-
-        return Layer(init, forward, backward, name=name, layers=layers)
 
     def state_init(input_shape):
         shape, states = tuple(input_shape), []
@@ -92,19 +163,30 @@ def serial(*layers: Layer) -> Layer:
                 shape = output_shape(layer, shape)
         return tuple(states)
 
-    def forward_stateful(params, x, *, state, key, train):
+    def forward(visit, params, x, *, state, key, train):
         _check_levels(name, layers, params)
-        _check_levels(name + " state", layers, state)
+        if stateful:
+            _check_levels(name + " state", layers, state)
         res, new_state = [], []
-        for i, (layer, p, s) in enumerate(zip(layers, params, state, strict=True)):
+        for i, (layer, p, s) in enumerate(zip(layers, params, state if stateful else ((),) * n, strict=True)):
             k = None if key is None else jax.random.fold_in(key, i)
             with at_level(i, layer):
-                x, r, s = apply(layer, p, x, state=s, key=k, train=train)
+                x, r, s = visit(str(i), layer, p, x, state=s, key=k, train=train)
             res.append(r)
             new_state.append(s)
-        return x, tuple(res), tuple(new_state)
+        return x, tuple(res), tuple(new_state) if stateful else ()
 
-    return Layer(init, forward_stateful, backward, init_state=state_init, name=name, layers=layers)
+    def backward(visit, params, res, g):
+        # for n = N-1 ... 0:  (dω^n, g) = backward^n(ω^n, res^n, g)   — g is dL/dx^n on exit
+        grads = [None] * n
+        for i in reversed(range(n)):
+            with at_level(i, layers[i]):
+                grads[i], g = visit(str(i), layers[i], params[i], res[i], g)
+        return tuple(grads), g
+
+    return _combinator(
+        "serial", name, layers, init, Walk(forward, backward), state_init if stateful else None
+    )
 
 
 def _init_same(key, input_shape):
@@ -243,12 +325,14 @@ def parallel(*layers: Layer) -> Layer:
       *layers: the branches; each has its own params (and state, when stateful).
 
     Returns:
-      A :class:`Layer` whose params, res and state are tuples with one entry per
-      branch; stateful if any branch is. Branch i gets ``fold_in(key, i)``.
+      A :class:`Layer` of kind ``"parallel"`` whose params, res and state are tuples with one entry
+      per branch; stateful if any branch is. Branch i gets ``fold_in(key, i)``; its path segment
+      is ``str(i)``.
     """
     layers = tuple(layers)
     n = len(layers)
     name = "parallel(" + ", ".join(layer_name(l) for l in layers) + ")"
+    stateful = any(is_stateful(l) for l in layers)
 
     def init(key, input_shape):
         shapes = _shapes_of(name, input_shape, n)
@@ -260,32 +344,6 @@ def parallel(*layers: Layer) -> Layer:
             params.append(p)
         return tuple(out), tuple(params)
 
-    def backward(params, res, g):
-        # (dω_i, dx_i) = backward_i(ω_i, res_i, g_i)   for each branch i
-        g = _arrays_of(name, g, n)
-        grads, dxs = [], []
-        for i, layer in enumerate(layers):
-            with at_branch(i, layer):
-                dp, dx = layer.backward(params[i], res[i], g[i])
-            grads.append(dp)
-            dxs.append(dx)
-        return tuple(grads), tuple(dxs)
-
-    if not any(is_stateful(l) for l in layers):
-
-        def forward(params, xs):
-            _check_branches(name, n, params, "params")
-            xs = _arrays_of(name, xs, n)
-            ys, res = [], []
-            for i, (layer, p, x) in enumerate(zip(layers, params, xs, strict=True)):
-                with at_branch(i, layer):
-                    y, r = layer.forward(p, x)
-                ys.append(y)
-                res.append(r)
-            return tuple(ys), tuple(res)
-
-        return Layer(init, forward, backward, name=name, layers=layers)
-
     def state_init(input_shape):
         shapes = _shapes_of(name, input_shape, n)
         states = []
@@ -294,25 +352,43 @@ def parallel(*layers: Layer) -> Layer:
                 states.append(init_state(layer, s))
         return tuple(states)
 
-    def forward_stateful(params, xs, *, state, key, train):
+    def forward(visit, params, xs, *, state, key, train):
         _check_branches(name, n, params, "params")
-        _check_branches(name, n, state, "state")
+        if stateful:
+            _check_branches(name, n, state, "state")
         xs = _arrays_of(name, xs, n)
         ys, res, new_state = [], [], []
-        for i, (layer, p, x, s) in enumerate(zip(layers, params, xs, state, strict=True)):
+        states = state if stateful else ((),) * n
+        for i, (layer, p, x, s) in enumerate(zip(layers, params, xs, states, strict=True)):
             k = None if key is None else jax.random.fold_in(key, i)
             with at_branch(i, layer):
-                y, r, s = apply(layer, p, x, state=s, key=k, train=train)
+                y, r, s = visit(str(i), layer, p, x, state=s, key=k, train=train)
             ys.append(y)
             res.append(r)
             new_state.append(s)
-        return tuple(ys), tuple(res), tuple(new_state)
+        return tuple(ys), tuple(res), tuple(new_state) if stateful else ()
 
-    return Layer(init, forward_stateful, backward, init_state=state_init, name=name, layers=layers)
+    def backward(visit, params, res, g):
+        # (dω_i, dx_i) = backward_i(ω_i, res_i, g_i)   for each branch i
+        g = _arrays_of(name, g, n)
+        grads, dxs = [], []
+        for i, layer in enumerate(layers):
+            with at_branch(i, layer):
+                dp, dx = visit(str(i), layer, params[i], res[i], g[i])
+            grads.append(dp)
+            dxs.append(dx)
+        return tuple(grads), tuple(dxs)
+
+    return _combinator(
+        "parallel", name, layers, init, Walk(forward, backward), state_init if stateful else None
+    )
 
 
 def Residual(layer: Layer) -> Layer:
-    """y = x + layer(x): shape -> the same shape (``layer`` must keep it); params are ``layer``'s."""
+    """y = x + layer(x): shape -> the same shape (``layer`` must keep it); params are ``layer``'s.
+
+    A combinator of kind ``"residual"``; the branch's path segment is ``"branch"``.
+    """
     name = f"Residual({layer_name(layer)})"
 
     def check(x_shape, y_shape):
@@ -328,35 +404,38 @@ def Residual(layer: Layer) -> Layer:
         check(input_shape, shape)
         return tuple(input_shape), params
 
-    def backward(params, res, g):
-        # dx = g + dx_f;  (dω, dx_f) = backward_f(ω, res, g)   — the fork rule at x
-        with at_branch(0, layer):
-            dparams, dx_f = layer.backward(params, res, g)
-        return dparams, g + dx_f
-
-    if not is_stateful(layer):
-
-        def forward(params, x):
-            with at_branch(0, layer):
-                f, res = layer.forward(params, x)
-            check(x.shape, f.shape)
-            return x + f, res
-
-        return Layer(init, forward, backward, name=name, layers=(layer,))
-
     def state_init(input_shape):
         with at_branch(0, layer):
             shape, state = output_shape(layer, input_shape), init_state(layer, input_shape)
         check(input_shape, shape)
         return state
 
-    def forward_stateful(params, x, *, state, key, train):
+    def forward(visit, params, x, *, state, key, train):
         with at_branch(0, layer):
-            f, res, new_state = apply(layer, params, x, state=state, key=key, train=train)
+            f, res, new_state = visit("branch", layer, params, x, state=state, key=key, train=train)
         check(x.shape, f.shape)
         return x + f, res, new_state
 
-    return Layer(init, forward_stateful, backward, init_state=state_init, name=name, layers=(layer,))
+    def backward(visit, params, res, g):
+        # dx = g + dx_f;  (dω, dx_f) = backward_f(ω, res, g)   — the fork rule at x
+        with at_branch(0, layer):
+            dparams, dx_f = visit("branch", layer, params, res, g)
+        return dparams, g + dx_f
+
+    state_init = state_init if is_stateful(layer) else None
+    return _combinator("residual", name, (layer,), init, Walk(forward, backward), state_init)
 
 
-__all__ = ["FanInConcat", "FanInSum", "FanOut", "Identity", "Residual", "at_branch", "parallel"]
+__all__ = [
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Identity",
+    "Residual",
+    "at_branch",
+    "at_level",
+    "parallel",
+    "serial",
+    "walk_backward",
+    "walk_forward",
+]

@@ -25,6 +25,20 @@ layer needs only a key or a mode), ``key`` a PRNG key or None, ``train`` a
 Python bool. The backward is unchanged. Layers with ``init_state is None`` are
 *plain*; :func:`apply` calls either kind, so combinators treat both alike.
 
+**Combinators** (``serial``, ``Residual``, ``parallel``) are layers too, and say so: their
+``kind`` names what they are and their ``walk`` runs the children through a *visitor*::
+
+    walk.forward(visit, params, x, *, state, key, train) -> (y, res, new_state)
+        visit(seg, child, child_params, child_x, *, state, key, train) -> (y, res, new_state)
+    walk.backward(visit, params, res, g) -> (dparams, dx)
+        visit(seg, child, child_params, child_res, child_g) -> (dparams, dx)
+
+``seg`` is the child's path segment (``"3"`` for level 3 of ``serial``, ``"branch"`` for the
+branch of ``Residual``). The combinator's own ``forward``/``backward`` are its walk with the
+visitor that calls the child; :func:`jaxbp.combinators.walk_backward` and
+:func:`jaxbp.combinators.walk_forward` recurse with any other visitor, so one walk serves
+backprop, the checker, gradient flow, backward rules and quantities.
+
 A **loss** is two functions bundled in a :class:`Loss`::
 
     forward(pred, target) -> (value, res)
@@ -33,11 +47,14 @@ A **loss** is two functions bundled in a :class:`Loss`::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxbp.errors import LayerError
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -51,6 +68,21 @@ ForwardFn = Callable[..., tuple]
 BackwardFn = Callable[[Params, Residuals, Cotangent], tuple[Params, Cotangent]]
 
 
+class Walk(NamedTuple):
+    """How a combinator runs its children; see the module docstring for the visitor signatures.
+
+    Attributes:
+      forward: ``(visit, params, x, *, state, key, train) -> (y, res, new_state)``.
+      backward: ``(visit, params, res, g) -> (dparams, dx)``.
+    """
+
+    forward: Callable[..., tuple]
+    backward: Callable[..., tuple]
+
+
+NO_EXTRAS: Mapping[str, Callable] = MappingProxyType({})
+
+
 class Layer(NamedTuple):
     """A layer: ``init``, ``forward`` and its hand-written ``backward``.
 
@@ -61,7 +93,11 @@ class Layer(NamedTuple):
       backward: ``(params, res, g) -> (dparams, dx)``.
       init_state: ``(input_shape) -> state`` for stateful/random layers, else None.
       name: shown in error messages and reports; constructors fill it in.
-      layers: the sub-layers of a combinator (``serial`` levels), else ``()``.
+      layers: the children of a combinator (``serial`` levels, a residual branch), else ``()``.
+      kind: ``"layer"`` for a leaf; ``"serial"``, ``"residual"`` or ``"parallel"`` for a combinator.
+      walk: a combinator's :class:`Walk`, else None (a leaf: one level of its own).
+      extras: hand-written functions that extend this layer's backward, keyed by name, next to it in
+        the constructor: backward rules' variants and per-example or curvature contributions.
     """
 
     init: InitFn
@@ -70,6 +106,14 @@ class Layer(NamedTuple):
     init_state: Callable[[Shape], State] | None = None
     name: str = ""
     layers: tuple[Layer, ...] = ()
+    kind: str = "layer"
+    walk: Walk | None = None
+    extras: Mapping[str, Callable] = NO_EXTRAS
+
+
+def is_combinator(layer: Layer) -> bool:
+    """True when ``layer`` runs children through a :class:`Walk` (``serial``, ``Residual``, ``parallel``)."""
+    return layer.walk is not None
 
 
 class Loss(NamedTuple):
@@ -78,10 +122,6 @@ class Loss(NamedTuple):
     forward: Callable[[Array, Array], tuple[Array, Residuals]]
     backward: Callable[[Residuals], Array]
     name: str = ""
-
-
-class LayerError(ValueError):
-    """Bad input to a layer or network; the message names the level, layer and shapes."""
 
 
 def is_stateful(layer: Layer) -> bool:

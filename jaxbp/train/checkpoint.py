@@ -19,11 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxbp.errors import CheckpointError
+
 FILENAME = "checkpoint.npz"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the run that loads it."""
 
 
 def path_in(directory: str | os.PathLike) -> Path:

@@ -15,15 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxbp.errors import DataError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
 DATASETS = ("digits", "fashion-mnist", "mnist", "npz")
 
 # IDX type codes (third magic byte) -> big-endian NumPy dtype.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(ValueError):
-    """A data set is missing or malformed; the message names the file and what is wrong."""
 
 
 class Dataset(NamedTuple):

@@ -21,16 +21,13 @@ import numpy as np
 import optax
 
 from jaxbp.core import Layer, Loss, layer_name
+from jaxbp.errors import NonFiniteError
 from jaxbp.flow import NonFinite, levels, locate_nonfinite
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.step import TrainState, init_train_state, make_predict
 from jaxbp.train import checkpoint
 from jaxbp.train.data import Dataset
 from jaxbp.train.epoch import choose_epoch_builder
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or gradient; the message says epoch, batch and level."""
 
 
 class FitResult(NamedTuple):
