@@ -2,13 +2,24 @@
 
 Each command module provides ``add_arguments(parser)`` and ``main(args) -> int`` and is
 imported only when its command runs, so ``--help`` stays fast.
+
+Errors: a :class:`~jaxbp.errors.JaxbpError` raised by a command is printed here as one line
+``jaxbp <command>: <message>`` on stderr, without a traceback unless ``--debug`` is given
+(before the command). Exit codes: 0 done; 2 usage, data or checkpoint error (argparse's own
+code for a bad flag is 2 too); 3 non-finite values during training (:class:`NonFiniteError`);
+``check`` uses 1 for "a backward is wrong". ``python -m jaxbp`` without a command prints the
+help on stderr and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
+from collections.abc import Callable
+
+from jaxbp.errors import JaxbpError, NonFiniteError
 
 COMMANDS = {
     "train": ("jaxbp.train.cli", "train a model with the hand-written backward (the main job)"),
@@ -16,10 +27,15 @@ COMMANDS = {
     "bench": ("jaxbp.bench.cli", "benchmark the manual backward against jax.grad"),
 }
 
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
+
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen command's module is imported."""
     parser = argparse.ArgumentParser(prog="jaxbp", description="Backpropagation written by hand, in JAX.")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors (before the command)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     chosen = next((a for a in (argv or []) if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
@@ -30,10 +46,68 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxbp`` command."""
+    """Entry point of the ``jaxbp`` command; returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     if args.command is None:
-        build_parser().print_help()
-        return 0
-    return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+        build_parser().print_help(sys.stderr)
+        print("jaxbp: choose a command: " + ", ".join(COMMANDS), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except JaxbpError as e:
+        if args.debug:
+            raise
+        print(f"jaxbp {args.command}: {one_line(e)}", file=sys.stderr)
+        return EXIT_NONFINITE if isinstance(e, NonFiniteError) else EXIT_USAGE
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (newlines folded to ``; ``)."""
+    return "; ".join(s.strip() for s in str(error).splitlines() if s.strip()) or type(error).__name__
+
+
+# argparse types: a bad value is reported by argparse as "argument --flag: ..." with exit code 2.
+
+
+def ranged(
+    kind: type,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> Callable[[str], int | float]:
+    """An argparse ``type``: an ``int`` or finite ``float`` in ``[lo, hi]`` (``*_open``: bound excluded)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+        high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+        if low_bad or high_bad:
+            left = "any" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+            right = "any" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must lie in {left}, {right}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid <type> value" messages
+    return parse
+
+
+def int_list(lo: int = 1) -> Callable[[str], tuple[int, ...]]:
+    """An argparse ``type``: comma-separated integers, each ``>= lo`` (e.g. ``--widths 128,64``)."""
+    one = ranged(int, lo)
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [p.strip() for p in text.split(",")]
+        if not text.strip() or any(not p for p in parts):
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers >= {lo}, got {text!r}")
+        return tuple(one(p) for p in parts)
+
+    return parse

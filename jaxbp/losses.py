@@ -1,4 +1,10 @@
-"""Losses, mean-reduced, each with its hand-written backward dL/dpred."""
+"""Losses, mean-reduced, each with its hand-written backward dL/dpred.
+
+Integer labels outside ``[0, C)`` for ``C`` classes raise a :class:`LayerError` when they are
+concrete (eager calls). Under ``jax.jit`` they cannot raise, so ``SoftmaxCrossEntropy`` makes
+them impossible to miss instead: the loss value, and the gradient rows of the bad examples, are
+NaN; the training program's non-finite guard then stops the run.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,11 @@ from jaxbp.core import LayerError, Loss
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def _in_range(labels, num_classes: int):
+    """Elementwise ``0 <= labels < num_classes``."""
+    return (labels >= 0) & (labels < num_classes)
 
 
 def SoftmaxCrossEntropy() -> Loss:
@@ -41,6 +52,8 @@ def SoftmaxCrossEntropy() -> Loss:
         t = jax.nn.one_hot(target, num_classes, dtype=dtype) if integer else target.astype(dtype)
         n = math.prod(logits.shape[:-1])
         value = -(t * logp).sum() / n
+        if integer:  # out-of-range labels (only possible under jit, see above): a NaN loss, never a silent 0
+            value = jnp.where(_in_range(target, num_classes).all(), value, jnp.nan)
         return value, (jnp.exp(logp), target if integer else t)  # labels stay int: no float one-hot kept
 
     def backward(res):
@@ -48,7 +61,8 @@ def SoftmaxCrossEntropy() -> Loss:
         p, t = res
         n = math.prod(p.shape[:-1])
         if jnp.issubdtype(t.dtype, jnp.integer):  # a select on the label mask, no float one-hot
-            return jnp.where(lax.broadcasted_iota(t.dtype, p.shape, p.ndim - 1) == t[..., None], p - 1, p) / n
+            dz = jnp.where(lax.broadcasted_iota(t.dtype, p.shape, p.ndim - 1) == t[..., None], p - 1, p) / n
+            return jnp.where(_in_range(t, p.shape[-1])[..., None], dz, jnp.nan)  # NaN rows for bad labels
         return (p * t.sum(-1, keepdims=True) - t) / n
 
     return Loss(forward, backward, name="SoftmaxCrossEntropy")

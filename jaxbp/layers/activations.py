@@ -14,6 +14,7 @@ from jax import lax
 from jax.scipy.special import erf
 
 from jaxbp.core import Layer
+from jaxbp.layers import _args
 
 
 def _init(key, input_shape):
@@ -35,6 +36,7 @@ def Relu() -> Layer:
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
     """y = x if x >= 0 else slope * x: any shape -> same shape."""
+    _args.real("LeakyRelu", "negative_slope", negative_slope)
 
     def forward(params, x):
         nonneg = x >= 0
@@ -86,6 +88,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def Gelu(approximate: bool = True) -> Layer:
     """y = x * Phi(x) (exact) or its tanh approximation: any shape -> same shape."""
+    approximate = _args.flag("Gelu", "approximate", approximate)
     if approximate:
 
         def forward(params, x):
@@ -128,6 +131,7 @@ def Softplus() -> Layer:
 
 def Elu(alpha: float = 1.0) -> Layer:
     """y = x if x > 0 else alpha * (exp(x) - 1): any shape -> same shape."""
+    _args.real("Elu", "alpha", alpha)
 
     def forward(params, x):
         positive = x > 0

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.layers import _args
 
 _PROJ = ("q", "k", "v", "o")
 _BIAS = ("q", "v", "o")  # no key bias: it shifts each score row by q.bk, which the softmax ignores
@@ -35,6 +36,10 @@ def MultiHeadAttention(
     param_dtype=jnp.float32,
 ) -> Layer:
     """Self-attention (batch, time, F) -> (batch, time, F); params W{q,k,v,o} (F, F), b{q,v,o} (F,)."""
+    num_heads = _args.positive_int("MultiHeadAttention", "num_heads", num_heads)
+    causal = _args.flag("MultiHeadAttention", "causal", causal)
+    _args.initializer("MultiHeadAttention", "kernel_init", kernel_init)
+    _args.float_dtype("MultiHeadAttention", "param_dtype", param_dtype)
     name = f"MultiHeadAttention({num_heads}, causal={causal})"
     if num_heads < 1:
         raise LayerError(f"{name}: num_heads must be >= 1, got {num_heads}")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.layers import _args
 
 Padding = str | int | Sequence[tuple[int, int]]
 
@@ -74,6 +75,16 @@ def ConvND(
     name: str = "Conv",
 ) -> Layer:
     """N-d convolution: (N, *spatial, C) -> (N, *out, F); params {"kernel": (*ks, C/G, F), "bias": (F,)}."""
+    features = _args.positive_int(name, "features", features)
+    rank = _args.positive_int(name, "rank", rank)
+    kernel_size = _args.positive_ints(name, "kernel_size", kernel_size, rank)
+    strides = _args.positive_ints(name, "strides", strides, rank)
+    kernel_dilation = _args.positive_ints(name, "kernel_dilation", kernel_dilation, rank)
+    padding = _args.padding(name, padding, rank)
+    feature_group_count = _args.positive_int(name, "feature_group_count", feature_group_count)
+    use_bias = _args.flag(name, "use_bias", use_bias)
+    _args.initializer(name, "kernel_init", kernel_init)
+    _args.float_dtype(name, "param_dtype", param_dtype)
     ks = _tuple(name, kernel_size, rank, "kernel_size")
     st = _tuple(name, strides, rank, "strides")
     dil = _tuple(name, kernel_dilation, rank, "kernel_dilation")

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError
+from jaxbp.layers import _args
 
 
 def Dense(
@@ -17,6 +18,10 @@ def Dense(
     param_dtype=jnp.float32,
 ) -> Layer:
     """y = x @ W + b: (..., in) -> (..., features); params {"W": (in, features), "b": (features,)}."""
+    features = _args.positive_int("Dense", "features", features)
+    use_bias = _args.flag("Dense", "use_bias", use_bias)
+    _args.initializer("Dense", "kernel_init", kernel_init)
+    _args.float_dtype("Dense", "param_dtype", param_dtype)
     name = f"Dense({features})"
 
     def init(key, input_shape):

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.core import Layer, LayerError
+from jaxbp.layers import _args
 
 
 def Dropout(rate: float) -> Layer:
     """y = x * keep / (1 - rate), keep ~ Bernoulli(1 - rate) (train), y = x (eval): any shape -> same."""
+    _args.real("Dropout", "rate", rate, 0, 1, hi_open=True)
     name = f"Dropout({rate})"
-    if not 0 <= rate < 1:
-        raise LayerError(f"{name}: rate must lie in [0, 1), got {rate}")
 
     def init(key, input_shape):
         return tuple(input_shape), ()

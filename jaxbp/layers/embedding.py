@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.layers import _args
 
 
 def Embedding(
@@ -22,6 +23,10 @@ def Embedding(
     when they are concrete; under ``jax.jit`` they cannot be checked and give NaN rows
     and no table gradient.
     """
+    num_embeddings = _args.positive_int("Embedding", "num_embeddings", num_embeddings)
+    features = _args.positive_int("Embedding", "features", features)
+    _args.initializer("Embedding", "embedding_init", embedding_init)
+    _args.float_dtype("Embedding", "param_dtype", param_dtype)
     name = f"Embedding({num_embeddings}, {features})"
     if num_embeddings < 1 or features < 1:
         raise LayerError(f"{name}: needs num_embeddings >= 1 and features >= 1")

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, Static, check_param_shapes
+from jaxbp.layers import _args
 
 
 def _compute_dtype(dtype):
@@ -33,6 +34,8 @@ def _scale_bias(features: int, dtype) -> dict:
 
 def LayerNorm(epsilon: float = 1e-5, *, param_dtype=jnp.float32) -> Layer:
     """y = (x - mean) / sqrt(var + eps) * scale + bias over the last axis: (..., F) -> (..., F)."""
+    _args.real("LayerNorm", "epsilon", epsilon, 0, lo_open=True)
+    _args.float_dtype("LayerNorm", "param_dtype", param_dtype)
     name = f"LayerNorm(epsilon={epsilon})"
 
     def init(key, input_shape):
@@ -95,6 +98,11 @@ def BatchNorm(
     is not bound (the same network evaluated outside shard_map) the batch at hand is the
     whole batch and no reduction across devices is made.
     """
+    _args.real("BatchNorm", "momentum", momentum, 0, 1)
+    _args.real("BatchNorm", "epsilon", epsilon, 0, lo_open=True)
+    if axis_name is not None and not isinstance(axis_name, str):
+        raise LayerError(f"BatchNorm: axis_name must be a str or None, got {axis_name!r}")
+    _args.float_dtype("BatchNorm", "param_dtype", param_dtype)
     name = f"BatchNorm(momentum={momentum})"
 
     def pmean(v):

@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, Static
+from jaxbp.layers import _args
 from jaxbp.layers.conv import Padding, resolve_padding
 
 
@@ -76,6 +77,10 @@ def MaxPool(
     window_shape: Sequence[int], strides: int | Sequence[int] | None = None, padding: Padding = "VALID"
 ) -> Layer:
     """Max over windows: (N, *spatial, C) -> (N, *out_spatial, C); gradient to the first max of a window."""
+    window_shape = _args.positive_ints("MaxPool", "window_shape", window_shape)
+    if strides is not None:
+        strides = _args.positive_ints("MaxPool", "strides", strides, len(window_shape))
+    padding = _args.padding("MaxPool", padding, len(window_shape))
     name = f"MaxPool({tuple(window_shape)})"
     ws, st, geometry = _window(name, window_shape, strides, padding)
     offsets = list(itertools.product(*(range(w) for w in ws)))
@@ -124,6 +129,11 @@ def AvgPool(
     count_include_pad: bool = True,
 ) -> Layer:
     """Mean over windows: (N, *spatial, C) -> (N, *out, C); padded zeros count iff count_include_pad."""
+    window_shape = _args.positive_ints("AvgPool", "window_shape", window_shape)
+    if strides is not None:
+        strides = _args.positive_ints("AvgPool", "strides", strides, len(window_shape))
+    padding = _args.padding("AvgPool", padding, len(window_shape))
+    count_include_pad = _args.flag("AvgPool", "count_include_pad", count_include_pad)
     name = f"AvgPool({tuple(window_shape)})"
     ws, st, geometry = _window(name, window_shape, strides, padding)
     offsets = list(itertools.product(*(range(w) for w in ws)))

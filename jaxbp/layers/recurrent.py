@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.layers import _args
 
 
 def _check_input(name: str, shape) -> None:
@@ -37,6 +38,9 @@ def _weight_grads(params, x, hs, dz):
 
 def RNN(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_dtype=jnp.float32) -> Layer:
     """h_t = tanh(x_t Wx + h_{t-1} Wh + b): (batch, time, F) -> (batch, time, H); Wx (F, H), Wh (H, H)."""
+    hidden = _args.positive_int("RNN", "hidden", hidden)
+    _args.initializer("RNN", "kernel_init", kernel_init)
+    _args.float_dtype("RNN", "param_dtype", param_dtype)
     name = f"RNN({hidden})"
 
     def init(key, input_shape):
@@ -83,6 +87,9 @@ def RNN(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_dt
 
 def LSTM(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_dtype=jnp.float32) -> Layer:
     """LSTM, gates [i f g o]: (batch, time, F) -> (batch, time, hidden); Wx (F, 4H), Wh (H, 4H), b (4H,)."""
+    hidden = _args.positive_int("LSTM", "hidden", hidden)
+    _args.initializer("LSTM", "kernel_init", kernel_init)
+    _args.float_dtype("LSTM", "param_dtype", param_dtype)
     name = f"LSTM({hidden})"
     H = hidden
 

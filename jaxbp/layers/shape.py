@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from jaxbp.core import Layer, LayerError, Static
+from jaxbp.layers import _args
 
 
 def Flatten() -> Layer:
@@ -29,7 +30,7 @@ def Flatten() -> Layer:
 
 def Reshape(shape: tuple[int, ...]) -> Layer:
     """(batch, ...) -> (batch, *shape); ``shape`` excludes the batch axis, one entry may be -1."""
-    shape = tuple(shape)
+    shape = _args.target_shape("Reshape", shape)
     name = f"Reshape({shape})"
 
     def target(in_shape):

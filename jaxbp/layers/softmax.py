@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.core import Layer, LayerError
+from jaxbp.layers import _args
 
 
 def _check(name: str, x, axis: int) -> None:
@@ -26,6 +27,7 @@ def _init(name: str, axis: int):
 
 def Softmax(axis: int = -1) -> Layer:
     """y = exp(x) / sum(exp(x), axis): any shape -> same shape."""
+    axis = _args.integer("Softmax", "axis", axis)
     name = f"Softmax(axis={axis})"
 
     def forward(params, x):
@@ -43,6 +45,7 @@ def Softmax(axis: int = -1) -> Layer:
 
 def LogSoftmax(axis: int = -1) -> Layer:
     """y = x - log(sum(exp(x), axis)): any shape -> same shape."""
+    axis = _args.integer("LogSoftmax", "axis", axis)
     name = f"LogSoftmax(axis={axis})"
 
     def forward(params, x):

@@ -5,14 +5,19 @@ optimizer state, network state, RNG key, step) as ``leaf_00000 ...`` plus a JSON
 ``meta`` (epoch, history, run config). It is written to a temporary file in the same
 directory, flushed to disk and then moved over the old one with ``os.replace``, so a
 crash during a save leaves the previous checkpoint intact. Loading uses
-``allow_pickle=False``: an untrusted checkpoint cannot run code.
+``allow_pickle=False``: an untrusted checkpoint cannot run code. A corrupt file (empty,
+truncated, bit-flipped: every member's CRC is checked, a ``.npy`` renamed, malformed metadata)
+raises :class:`CheckpointError` naming the file and the problem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,9 @@ import numpy as np
 from jaxbp.errors import CheckpointError
 
 FILENAME = "checkpoint.npz"
+TMP_GLOB = ".checkpoint-*.npz.tmp"  # what :func:`save` writes before the atomic rename
+# What a training run's metadata holds (see :func:`validate_run_meta`).
+RUN_HISTORY_KEYS = ("epoch", "train_loss", "test_accuracy", "seconds", "levels", "dx_norms", "dparam_norms")
 
 
 def path_in(directory: str | os.PathLike) -> Path:
@@ -78,14 +86,12 @@ def load(directory: str | os.PathLike, like: Any) -> tuple[Any, dict]:
       CheckpointError: no checkpoint, unreadable file, or leaves that do not match ``like``.
     """
     path = path_in(directory)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint {path} to resume from")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            meta = json.loads(str(f["meta"]))
+    with _opened(path) as f:
+        meta = _meta(path, f)
+        try:
             saved = [f[k] for k in sorted(k for k in f.files if k.startswith("leaf_"))]
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
     if len(saved) != len(paths_leaves):
         raise CheckpointError(
@@ -99,3 +105,109 @@ def load(directory: str | os.PathLike, like: Any) -> tuple[Any, dict]:
                 f" this run expects {np.shape(ref)} {np.dtype(ref.dtype)} (another model?)"
             )
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(a) for a in saved]), meta
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Any]:
+    """The checkpoint at ``path`` as an open ``NpzFile``; failing to open it is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint {path} to resume from")
+    with open(path, "rb") as fh:  # our own handle: closed even when np.load fails half-way
+        try:
+            f = np.load(fh, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, not a zip
+            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise CheckpointError(f"{path}: unreadable checkpoint (a single array, not an .npz archive)")
+        yield f
+
+
+def _meta(path: Path, f) -> dict:
+    try:
+        meta = json.loads(str(f["meta"]))
+    except KeyError as e:
+        raise CheckpointError(f"{path}: unreadable checkpoint (no 'meta' entry)") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # Bad CRC-32, bad JSON, pickled
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+        kind = type(meta).__name__
+        raise CheckpointError(f"{path}: malformed metadata (a JSON {kind}, expected an object)")
+    return meta
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """The checkpoint's metadata, after checking every member of the file (CRC) is intact.
+
+    Raises:
+      CheckpointError: no checkpoint, or a corrupt one (naming the file and the problem).
+    """
+    path = path_in(directory)
+    with _opened(path) as f:
+        meta = _meta(path, f)
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint (entry {bad!r} fails its CRC check)")
+    return meta
+
+
+def validate_run_meta(directory: str | os.PathLike, meta: dict) -> None:
+    """Check a training run's metadata: ``epoch`` (int >= 0), ``config`` and a consistent ``history``.
+
+    Raises:
+      CheckpointError: a missing or malformed entry, named with the file.
+    """
+    path = path_in(directory)
+    epoch, history = meta.get("epoch"), meta.get("history")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise CheckpointError(f"{path}: malformed metadata: 'epoch' is {epoch!r}, expected an int >= 0")
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: malformed metadata: no 'config' (the run's configuration)")
+    if not isinstance(history, dict):
+        raise CheckpointError(f"{path}: malformed metadata: 'history' is {history!r}, expected an object")
+    for k in RUN_HISTORY_KEYS:
+        if not isinstance(history.get(k), list):
+            raise CheckpointError(f"{path}: malformed metadata: history has no list {k!r}")
+    for k in ("epoch", "train_loss", "test_accuracy", "seconds"):
+        if len(history[k]) != epoch:
+            raise CheckpointError(
+                f"{path}: malformed metadata: history[{k!r}] has {len(history[k])} entries for epoch {epoch}"
+            )
+
+
+def config_difference(saved: dict | None, now: dict) -> str:
+    """The entries that differ between two run configurations, e.g. ``lr: saved 0.05, now 0.1``."""
+    if not isinstance(saved, dict):
+        return f"saved configuration {saved!r}"
+    flat_saved, flat_now = _flatten(saved), _flatten(now)
+    keys = sorted(set(flat_saved) | set(flat_now))
+    missing = "(none)"
+    return "; ".join(
+        f"{k}: saved {flat_saved.get(k, missing)}, now {flat_now.get(k, missing)}"
+        for k in keys
+        if flat_saved.get(k, missing) != flat_now.get(k, missing)
+    )
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def clean_stale(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporary files a killed :func:`save` left in ``directory``; returns their paths.
+
+    Call it at the start of a run, while no other process saves into ``directory``.
+    """
+    stale = sorted(Path(directory).glob(TMP_GLOB)) if Path(directory).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

@@ -1,6 +1,9 @@
 """``python -m jaxbp train``: the flags, their defaults and the command's exit codes.
 
 Exit codes: 0 done, 2 usage, data or checkpoint error, 3 non-finite values during training.
+Every flag is range-checked by the parser, and the data, the output paths (``--plot``,
+``--checkpoint-dir``) and an existing checkpoint are checked before the first step; errors are
+raised as :class:`~jaxbp.errors.JaxbpError` and printed by :func:`jaxbp.cli.main` as one line.
 """
 
 from __future__ import annotations
@@ -8,16 +11,24 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from jaxbp import distributed
+from jaxbp.cli import int_list, ranged
+from jaxbp.errors import CheckpointError, UsageError
 from jaxbp.train import checkpoint
-from jaxbp.train.data import DATASETS, DataError, load_dataset, standardize
+from jaxbp.train.data import DATASETS, fingerprint, load_dataset, standardize
 from jaxbp.train.epoch import choose_epoch_builder
-from jaxbp.train.fit import NonFiniteError, fit, make_optimizer
+from jaxbp.train.fit import fit, make_optimizer
 from jaxbp.train.models import MODELS, build_model
+
+MAX_SEED = 2**31 - 1
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
 
 # Per (dataset, model) defaults for flags left unset; anything else falls back to "*".
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -41,16 +52,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " /usr/share/datasets/fashion-mnist), or the .npz file for --dataset npz",
     )
     a("--model", choices=MODELS, default="mlp", help="model preset (default: mlp)")
-    a("--widths", help="comma-separated widths: mlp hidden widths, or cnn conv channels then dense width")
-    a("--dropout", type=float, help="dropout rate after hidden layers (needs jaxbp.layers.dropout)")
-    a("--epochs", type=int)
-    a("--batch-size", type=int)
+    a(
+        "--widths",
+        type=int_list(1),
+        help="comma-separated widths >= 1: mlp hidden widths, or cnn conv channels then dense width",
+    )
+    a("--dropout", type=ranged(float, 0, 1, hi_open=True), help="dropout rate in [0, 1) after hidden layers")
+    a("--epochs", type=ranged(int, 1), help="epochs (>= 1)")
+    a("--batch-size", type=ranged(int, 1), help="examples per step (>= 1, at most the training set)")
     a("--optimizer", choices=("sgd", "adam"), default="sgd")
-    a("--lr", type=float, help="(peak) learning rate")
-    a("--momentum", type=float, help="SGD momentum (0: plain SGD)")
-    a("--weight-decay", type=float, help="L2 weight decay added to the gradient")
+    a("--lr", type=ranged(float, 0, lo_open=True), help="(peak) learning rate (> 0)")
+    a("--momentum", type=ranged(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (0: plain SGD)")
+    a("--weight-decay", type=ranged(float, 0), help="L2 weight decay (>= 0) added to the gradient")
     a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
-    a("--seed", type=int, default=0)
+    a("--seed", type=ranged(int, 0, MAX_SEED), default=0, help=f"PRNG seed in [0, {MAX_SEED}]")
     a(
         "--loop",
         choices=("auto", "scan", "python"),
@@ -61,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-standardize", action="store_true", help="keep pixels in [0, 1] instead of standardising")
     a("--checkpoint-dir", help="save a checkpoint here after every epoch")
     a("--resume", action="store_true", help="continue from --checkpoint-dir")
+    a(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced after epoch 1)",
+    )
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -71,11 +91,10 @@ def resolve(args: argparse.Namespace) -> dict:
     """The run's configuration: the flags, with unset ones filled from :data:`DEFAULTS`."""
     d = {**DEFAULTS["*", "*"], **DEFAULTS.get((args.dataset, args.model), {})}
     cfg = {k: (getattr(args, k) if getattr(args, k) is not None else d[k]) for k in d}
-    widths = tuple(int(w) for w in args.widths.split(",")) if args.widths else None
     cfg.update(
         dataset=args.dataset,
         model=args.model,
-        widths=list(widths) if widths else None,
+        widths=list(args.widths) if args.widths else None,
         optimizer=args.optimizer,
         schedule=args.schedule,
         seed=args.seed,
@@ -85,18 +104,90 @@ def resolve(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the ``train`` command; returns the process exit code."""
-    t0 = time.perf_counter()
-    cfg = resolve(args)
+def check_flags(args: argparse.Namespace) -> None:
+    """Combinations of flags the parser cannot judge alone, and the output paths; before any work."""
     if args.resume and not args.checkpoint_dir:
-        print("jaxbp train: --resume needs --checkpoint-dir", file=sys.stderr)
-        return 2
-    try:
-        data = load_dataset(args.dataset, args.data_dir)
-    except DataError as e:
-        print(f"jaxbp train: {e}", file=sys.stderr)
-        return 2
+        raise UsageError("--resume needs --checkpoint-dir")
+    if args.overwrite and args.resume:
+        raise UsageError(
+            "--resume and --overwrite contradict each other: continue the checkpoint, or replace it"
+        )
+    if args.overwrite and not args.checkpoint_dir:
+        raise UsageError("--overwrite needs --checkpoint-dir")
+    if args.data_dir is not None and args.dataset == "digits":
+        raise UsageError(
+            "--data-dir is for --dataset mnist, fashion-mnist or npz; digits ships with scikit-learn"
+        )
+    if args.plot:
+        _check_writable_file("--plot", Path(args.plot), PLOT_SUFFIXES)
+    if args.checkpoint_dir:
+        d = Path(args.checkpoint_dir)
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"--checkpoint-dir {d}: exists and is not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--checkpoint-dir {d}: cannot create it ({e.strerror or e})") from e
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise UsageError(f"--checkpoint-dir {d}: not writable")
+
+
+def _check_writable_file(flag: str, path: Path, suffixes: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(
+            f"{flag} {path}: unknown image format {path.suffix!r}; use one of {', '.join(suffixes)}"
+        )
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not writable")
+
+
+def check_checkpoint(args: argparse.Namespace, cfg: dict, log=print) -> None:
+    """Before training: clean stale temporary files; refuse a checkpoint of another configuration.
+
+    Without ``--resume`` an existing checkpoint is replaced only with ``--overwrite``; with
+    ``--resume`` its metadata must be intact and its configuration (data identity included) equal.
+    """
+    d = args.checkpoint_dir
+    if not d:
+        return
+    stale = checkpoint.clean_stale(d)
+    if stale and log:
+        log(f"removed {len(stale)} stale temporary file(s) from {d} (left by an interrupted save)")
+    if not checkpoint.exists(d) or args.overwrite:
+        return
+    path = checkpoint.path_in(d)
+    if not args.resume:
+        raise CheckpointError(
+            f"{path} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it"
+        )
+    meta = checkpoint.read_meta(d)
+    checkpoint.validate_run_meta(d, meta)
+    if meta["config"] != cfg:
+        diff = checkpoint.config_difference(meta["config"], cfg)
+        raise CheckpointError(
+            f"{path} was saved by another run configuration ({diff});"
+            " resume with the same flags and data, or pass --overwrite instead of --resume to start afresh"
+        )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the ``train`` command; returns the process exit code (errors are raised as JaxbpError)."""
+    t0 = time.perf_counter()
+    check_flags(args)
+    cfg = resolve(args)
+    data = load_dataset(args.dataset, args.data_dir)
+    source = str(Path(args.data_dir).resolve()) if args.data_dir else args.dataset
+    cfg["data"] = {"source": source, "fingerprint": fingerprint(data)}
+    if cfg["batch_size"] > len(data.x_train):
+        raise UsageError(
+            f"--batch-size {cfg['batch_size']} is larger than the training set ({len(data.x_train)} examples)"
+        )
+    check_checkpoint(args, cfg)
     if cfg["standardize"]:
         data = standardize(data)
     net = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
@@ -113,28 +204,28 @@ def main(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test, {data.num_classes} classes;"
         f" model {net.name}"
     )
-    try:
-        result = fit(
-            net,
-            data,
-            opt,
-            epochs=cfg["epochs"],
-            batch_size=cfg["batch_size"],
-            seed=cfg["seed"],
-            checkpoint_dir=args.checkpoint_dir,
-            resume=args.resume,
-            config=cfg,
-            progress=sys.stderr.isatty() and not args.no_progress,
-            log=print,
-            epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
-        )
-    except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
-        print(f"jaxbp train: {e}", file=sys.stderr)
-        return 3 if isinstance(e, NonFiniteError) else 2
+    result = fit(
+        net,
+        data,
+        opt,
+        epochs=cfg["epochs"],
+        batch_size=cfg["batch_size"],
+        seed=cfg["seed"],
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        config=cfg,
+        progress=sys.stderr.isatty() and not args.no_progress,
+        log=print,
+        epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
+    )
+    plot_error = None
     if args.plot:
         from jaxbp.train.plot import plot_history
 
-        plot_history(result.history, args.plot)
+        try:
+            plot_history(result.history, args.plot)
+        except (OSError, ValueError) as e:  # the path was checked before training; the disk may still fail
+            plot_error = UsageError(f"--plot {args.plot}: could not write the image ({e})")
     if args.json:
         summary = {
             "test_accuracy": result.test_accuracy,
@@ -147,5 +238,12 @@ def main(args: argparse.Namespace) -> int:
             "model": cfg["model"],
             "seed": cfg["seed"],
         }
-        print(json.dumps(summary))
+        print(json.dumps(_finite_or_null(summary), allow_nan=False))
+    if plot_error:
+        raise plot_error
     return 0
+
+
+def _finite_or_null(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or infinity: such a value is written as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

@@ -8,8 +8,10 @@ in ``[0, num_classes)``. Bad files raise :class:`DataError` before any training 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +21,7 @@ from jaxbp.errors import DataError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
 DATASETS = ("digits", "fashion-mnist", "mnist", "npz")
+MAX_CLASSES = 1 << 16  # labels are class indices 0..C-1; a larger inferred C is a mislabelled file
 
 # IDX type codes (third magic byte) -> big-endian NumPy dtype.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -148,6 +151,7 @@ def load_idx_dir(directory: str | os.PathLike, name: str, num_classes: int = 10)
         (x_te / np.float32(255))[..., None].astype(np.float32),
         y_te,
         num_classes,
+        f"{name} ({directory})",
     )
 
 
@@ -162,47 +166,76 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset
     if not path.is_file():
         raise DataError(f"npz: no file {path} (pass --data-dir PATH/TO/FILE.npz)")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as fh:  # our own handle: closed even when np.load fails half-way
+            f = np.load(fh, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not an .npz archive (a single {type(f).__name__}: a .npy renamed?)")
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
             if missing:
                 raise DataError(f"{path}: missing arrays {sorted(missing)} (has {sorted(f.files)})")
             x_tr, y_tr, x_te, y_te = (f[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    except (OSError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: cannot read as .npz without pickle ({e})") from e
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, bit-flipped, pickled
+        raise DataError(f"{path}: cannot read as .npz without pickle ({type(e).__name__}: {e})") from e
+
+    for k, x in (("x_train", x_tr), ("x_test", x_te)):
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool):
+            raise DataError(f"{path}: {k} must hold real numbers, got dtype {x.dtype}")
+    for k, y in (("y_train", y_tr), ("y_test", y_te)):
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: {k} must hold integer labels, got dtype {y.dtype}")
 
     def scale(x):
         return x.astype(np.float32) / 255 if x.dtype == np.uint8 else x.astype(np.float32)
 
-    for k, y in (("y_train", y_tr), ("y_test", y_te)):
-        if not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: {k} must hold integer labels, got dtype {y.dtype}")
     if num_classes is None:
         num_classes = int(y_tr.max()) + 1 if y_tr.size else 0
-    return _validated(path.stem, scale(x_tr), y_tr, scale(x_te), y_te, num_classes)
+        if num_classes > MAX_CLASSES:
+            raise DataError(
+                f"{path}: y_train's largest label is {num_classes - 1}, which would mean {num_classes}"
+                f" classes (at most {MAX_CLASSES}); labels must be class indices 0..C-1"
+            )
+    with np.errstate(over="ignore"):  # float64 pixels beyond float32's range become inf: refused below
+        return _validated(path.stem, scale(x_tr), y_tr, scale(x_te), y_te, num_classes, path)
 
 
-def _validated(name, x_tr, y_tr, x_te, y_te, num_classes) -> Dataset:
+def _validated(name, x_tr, y_tr, x_te, y_te, num_classes, source=None) -> Dataset:
+    where = str(source or name)
     for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        if len(y) == 0:
+            raise DataError(f"{where}: empty {split} split (0 examples)")
         if y.ndim != 1 or x.shape[:1] != y.shape:
             raise DataError(
-                f"{name}: {split} images of shape {x.shape} do not match labels of shape {y.shape}"
+                f"{where}: {split} images of shape {x.shape} do not match labels of shape {y.shape}"
             )
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
+        if x.ndim < 2 or math.prod(x.shape[1:]) == 0:
+            raise DataError(f"{where}: {split} examples have no features (images of shape {x.shape})")
+        if y.min() < 0 or y.max() >= num_classes:
             raise DataError(
-                f"{name}: {split} labels out of range: values in [{y.min()}, {y.max()}],"
+                f"{where}: {split} labels out of range: values in [{y.min()}, {y.max()}],"
                 f" expected [0, {num_classes})"
             )
         if not np.isfinite(x).all():
-            raise DataError(f"{name}: {split} images contain NaN or infinity")
+            raise DataError(f"{where}: {split} images contain NaN or infinity")
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(
-            f"{name}: train images {x_tr.shape[1:]} and test images {x_te.shape[1:]} differ in shape"
+            f"{where}: train images {x_tr.shape[1:]} and test images {x_te.shape[1:]} differ in shape"
         )
-    if len(y_tr) == 0:
-        raise DataError(f"{name}: empty training set")
+    if num_classes < 2:
+        raise DataError(f"{where}: needs at least 2 classes, got {num_classes}")
     return Dataset(x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), num_classes, name)
+
+
+def fingerprint(data: Dataset) -> str:
+    """A content hash of the split (arrays' dtypes, shapes and bytes, and the class count): 16 hex digits."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in (data.x_train, data.y_train, data.x_test, data.y_test):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    h.update(str(data.num_classes).encode())
+    return h.hexdigest()
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
