@@ -80,6 +80,11 @@ def ranged(
 ) -> Callable[[str], int | float]:
     """An argparse ``type``: an ``int`` or finite ``float`` in ``[lo, hi]`` (``*_open``: bound excluded)."""
 
+    if hi is None:
+        bounds = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        bounds = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -91,9 +96,7 @@ def ranged(
         low_bad = lo is not None and (value <= lo if lo_open else value < lo)
         high_bad = hi is not None and (value >= hi if hi_open else value > hi)
         if low_bad or high_bad:
-            left = "any" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
-            right = "any" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must lie in {left}, {right}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid <type> value" messages
