@@ -485,3 +485,17 @@ def test_lr_scales_the_first_update_of_a_real_run(tmp_path, npz):
     for a, b, z in zip(p_a[:4], p_b[:4], p_0[:4], strict=True):  # the four param leaves come first
         np.testing.assert_allclose(b - z, 3 * (a - z), rtol=1e-3, atol=1e-7)
         assert np.abs(a - z).max() > 1e-5
+
+
+@pytest.mark.slow
+def test_divergence_exits_3_with_epoch_batch_level_and_keeps_checkpoint(tmp_path, npz, capsys):
+    """``--lr 1e6``: the run stops with exit code 3 on one line; the last good checkpoint stays."""
+    ck = tmp_path / "ck"
+    flags = ("--batch-size", "8", "--momentum", "0", "--schedule", "constant", "--checkpoint-dir", str(ck))
+    assert train(npz, "--epochs", "1", "--lr", "0.01", *flags) == 0
+    good = checkpoint.path_in(ck).read_bytes()
+    capsys.readouterr()
+    assert train(npz, "--epochs", "1", "--lr", "1e6", "--overwrite", *flags) == 3
+    line = _one_line_error(capsys)
+    assert "non-finite values at epoch 1, batch" in line and "level" in line
+    assert checkpoint.path_in(ck).read_bytes() == good  # nothing replaced the last good checkpoint
