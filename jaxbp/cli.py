@@ -7,8 +7,8 @@ Errors: a :class:`~jaxbp.errors.JaxbpError` raised by a command is printed here 
 ``jaxbp <command>: <message>`` on stderr, without a traceback unless ``--debug`` is given
 (before the command). Exit codes: 0 done; 2 usage, data or checkpoint error (argparse's own
 code for a bad flag is 2 too); 3 non-finite values during training (:class:`NonFiniteError`);
-``check`` uses 1 for "a backward is wrong". ``python -m jaxbp`` without a command prints the
-help on stderr and exits 2.
+``check`` uses 1 for "a backward is wrong"; 130 interrupted (Ctrl-C). ``python -m jaxbp``
+without a command prints the help on stderr and exits 2.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ COMMANDS = {
     "bench": ("jaxbp.bench.cli", "benchmark the manual backward against jax.grad"),
 }
 
-EXIT_OK, EXIT_USAGE, EXIT_NONFINITE = 0, 2, 3
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jaxbp {args.command}: {one_line(e)}", file=sys.stderr)
         return EXIT_NONFINITE if isinstance(e, NonFiniteError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"jaxbp {args.command}: interrupted (a checkpoint already saved is kept)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def one_line(error: BaseException) -> str:

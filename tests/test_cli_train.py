@@ -149,7 +149,10 @@ def test_output_paths_and_flag_combinations_fail_before_training(tmp_path, npz, 
     a_file.write_text("x")
     cases = [
         (["--checkpoint-dir", str(a_file)], f"--checkpoint-dir {a_file}: exists and is not a directory"),
-        (["--checkpoint-dir", str(a_file / "sub")], f"--checkpoint-dir {a_file / 'sub'}: cannot create it"),
+        (
+            ["--checkpoint-dir", str(a_file / "sub")],
+            f"--checkpoint-dir {a_file / 'sub'}: cannot create it, {a_file} is not a directory",
+        ),
         (["--plot", str(tmp_path / "no" / "p.png")], f"directory {tmp_path / 'no'} does not exist"),
         (["--plot", str(tmp_path / "p.txt")], "unknown image format '.txt'; use one of .png"),
         (["--plot", str(tmp_path / "p")], "unknown image format ''"),
@@ -186,8 +189,9 @@ def test_data_errors_fail_before_training(tmp_path, capsys, fake_fit):
         (tmp_path / "s.npz", "s.npz: x_train must hold real numbers, got dtype <U1"),
     ]
     for path, message in cases:
-        assert train(path) == 2
+        assert train(path, "--checkpoint-dir", str(tmp_path / "ck")) == 2
         assert message in _one_line_error(capsys)
+        assert not (tmp_path / "ck").exists()  # nothing created before the error
     assert cli.main(["train", "--dataset", "mnist"]) == 2
     assert "mnist: no --data-dir given" in _one_line_error(capsys)
     assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")]) == 2
@@ -428,7 +432,7 @@ def _params_after(tmp_path, npz, name, *flags):
 
 
 @pytest.mark.slow
-def test_flags_change_the_trained_params(tmp_path, npz, monkeypatch):
+def test_flags_change_the_trained_params(tmp_path, npz, monkeypatch, capsys):
     run = lambda name, *flags: _params_after(tmp_path, npz, name, "--epochs", "2", *flags)  # noqa: E731
     base = run("base")
     assert all(np.array_equal(a, b) for a, b in zip(base, run("again"), strict=True))  # one seed: identical
@@ -457,8 +461,9 @@ def test_flags_change_the_trained_params(tmp_path, npz, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(AssertionError):  # run() asserts exit code 0; Ctrl-C gives 130 and one line
         run("resumed")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("jaxbp train: interrupted")
     monkeypatch.setattr(checkpoint, "save", real_save)
     resumed = run("resumed", "--resume")
     assert all(np.array_equal(a, b) for a, b in zip(base, resumed, strict=True))

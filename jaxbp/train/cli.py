@@ -124,12 +124,13 @@ def check_flags(args: argparse.Namespace) -> None:
         d = Path(args.checkpoint_dir)
         if d.exists() and not d.is_dir():
             raise UsageError(f"--checkpoint-dir {d}: exists and is not a directory")
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"--checkpoint-dir {d}: cannot create it ({e.strerror or e})") from e
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise UsageError(f"--checkpoint-dir {d}: not writable")
+        base = next(
+            p for p in (d.absolute(), *d.absolute().parents) if p.exists()
+        )  # created at the first save
+        if not base.is_dir():
+            raise UsageError(f"--checkpoint-dir {d}: cannot create it, {base} is not a directory")
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise UsageError(f"--checkpoint-dir {d}: {base} is not writable")
 
 
 def _check_writable_file(flag: str, path: Path, suffixes: tuple[str, ...]) -> None:
