@@ -85,7 +85,8 @@ def positive_ints(layer: str, what: str, value: Any, rank: int | None = None) ->
 
 def padding(layer: str, value: Any, rank: int | None) -> Any:
     """``"SAME"``/``"VALID"`` (any case), an int >= 0, or ``rank`` ``(lo, hi)`` pairs of ints >= 0."""
-    expected = "'SAME', 'VALID', an int >= 0 or (lo, hi) pairs of ints >= 0"
+    pairs_of = f"{rank} non-negative" if rank else "non-negative"
+    expected = f"'SAME', 'VALID', an int >= 0 or {pairs_of} (lo, hi) pairs"
     if isinstance(value, str):
         if value.upper() not in ("SAME", "VALID"):
             raise _fail(layer, "padding", expected, value)
@@ -102,7 +103,7 @@ def padding(layer: str, value: Any, rank: int | None) -> Any:
         isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0 for p in pairs for v in p
     )
     if not nonneg or any(len(p) != 2 for p in pairs) or (rank is not None and len(pairs) != rank):
-        raise _fail(layer, "padding", expected + (f", {rank} of them" if rank else ""), value)
+        raise _fail(layer, "padding", expected, value)
     return tuple((int(lo), int(hi)) for lo, hi in pairs)
 
 
