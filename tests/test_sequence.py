@@ -146,6 +146,7 @@ def test_recurrent_network_matches_jax_grad(key):
     assert_trees_close(g, g_ref, 1e-11, "grads")
 
 
+@pytest.mark.slow  # float32 dtype keeping is also tested per layer (test_norm, test_layers) and for an MLP
 def test_float32_network_keeps_dtype(key):
     net = jaxbp.serial(transformer_block(2, F), LSTM(3))
     _, params = net.init(key, (B, T, F))
