@@ -66,3 +66,16 @@ def test_more_random_draws_float64(name):
     for k in range(1, SLOW_DRAWS + 1):
         layer, shape = CATALOGUE[name].sample(np.random.default_rng(SEED + k))
         check_entry(name, layer, shape, SEED + k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "i"), EDGE_IDS, ids=[f"{n}-{i}" for n, i in EDGE_IDS])
+def test_checker_sweep_over_edge_cases(name, i):
+    """The checker's three witnesses over 10 seeds on each edge case (grouped convs, head_dim > 1 ...),
+    not only on each layer's default configuration."""
+    from jaxbp.check import check_layer
+
+    layer, shape = EDGE[name][i]
+    entry = CATALOGUE[name]
+    report = check_layer(layer, shape, seeds=10, make_input=entry.make_input, train=entry.train)
+    assert report.ok, str(report)
