@@ -2,12 +2,8 @@
 
 import jax
 import pytest
-from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
-
-settings.register_profile("ci", max_examples=6, deadline=None, derandomize=True)
-settings.load_profile("ci")
 
 
 @pytest.fixture

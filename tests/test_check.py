@@ -17,6 +17,7 @@ from jaxbp.check.catalogue import CATALOGUE
 SEEDS = 50
 
 
+@pytest.mark.slow  # 50 seeds x 3 witnesses x 2 dtypes per entry; test_layers.py is the fast check
 @pytest.mark.parametrize("name", list(CATALOGUE))
 def test_catalogue_has_no_false_alarms(name):
     """Every built-in layer passes for 50 random draws, in float64 and in its own dtype (float32)."""

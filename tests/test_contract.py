@@ -36,6 +36,7 @@ def test_user_written_layer_works_everywhere(key):
     assert_trees_close(g, g_ref, 1e-5)
 
 
+@pytest.mark.slow  # tests/test_docs.py runs README's blocks in the fast tier
 def test_readme_example_runs():
     import re
     from pathlib import Path

@@ -198,6 +198,7 @@ def cnn_setup(key, batches=1):
     return net, params, xs, ts
 
 
+@pytest.mark.slow  # the layers are checked one by one in the fast tier, and the CNN's 5 steps against NumPy
 def test_cnn_gradients_match_jax_grad(key):
     net, params, xs, ts = cnn_setup(key)
     loss = SoftmaxCrossEntropy()

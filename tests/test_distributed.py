@@ -129,6 +129,7 @@ def load(out, tag):
         return [f[k] for k in sorted(f.files, key=lambda k: int(k.split("_")[1]))]
 
 
+@pytest.mark.slow  # runs in subprocesses with forced devices
 @pytest.mark.parametrize("name", ["mlp", "batchnorm"])
 @pytest.mark.parametrize("n", DEVICE_COUNTS)
 def test_same_params_as_one_device_training(results, name, n):
@@ -137,11 +138,13 @@ def test_same_params_as_one_device_training(results, name, n):
     assert_trees_close(load(out, f"{name}-{n}"), load(out, f"{name}-ref"), RTOL, f"{name} on {n} devices")
 
 
+@pytest.mark.slow  # runs in subprocesses with forced devices
 def test_distributed_step_inside_a_compiled_epoch(results):
     out, _ = results
     assert_trees_close(load(out, "mlp-scan"), load(out, "mlp-ref"), RTOL, "lax.scan epoch on 4 devices")
 
 
+@pytest.mark.slow  # runs in subprocesses with forced devices
 def test_batch_not_divisible_by_device_count_is_a_clear_error(results):
     _, report = results
     assert "batch size 6" in report["step-error"] and "device count 4" in report["step-error"]
@@ -160,6 +163,7 @@ def all_reduce_shapes(hlo: str) -> list[tuple[int, ...]]:
     return shapes
 
 
+@pytest.mark.slow  # runs in subprocesses with forced devices
 def test_one_all_reduce_per_gradient_leaf(results):
     out, report = results
     got = all_reduce_shapes((out / "mlp.hlo").read_text())
@@ -175,6 +179,7 @@ def test_asking_for_more_devices_than_exist_is_a_clear_error():
         make_mesh(3)
 
 
+@pytest.mark.slow  # runs in subprocesses with forced devices
 def test_train_command_devices_flag(tmp_path):
     """`python -m jaxbp train --devices 2` trains like `--devices 1` (CNN preset: synced BatchNorm).
 

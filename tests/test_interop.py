@@ -173,3 +173,100 @@ def test_stateful_network(key):
         )
     )(params, jnp.arange(B), x, t)
     assert_trees_close(manual, oracle, TOL, "stateful per_example_grads")
+
+
+# --- where users come from: a jaxbp network inside an equinox.Module and a flax.nnx.Module ---
+
+STEPS = 3
+
+
+def _head_and_params(key):
+    net = mlp()
+    params, x, t = setup(net, key)
+    head = jax.random.normal(jax.random.fold_in(key, 9), (C, C), jnp.float64)
+    return net, params, head, x, t
+
+
+def _train_equinox(run_net, params, head, x, t):
+    """An equinox model whose body is ``run_net`` (jaxbp's custom_vjp, or the plain forward):
+    ``STEPS`` adam steps with ``eqx.filter_value_and_grad``; returns the grads of each step and the model."""
+    import equinox as eqx
+
+    class Model(eqx.Module):
+        net: tuple
+        head: jax.Array
+
+        def __call__(self, x):
+            return jnp.tanh(run_net(self.net, x)) @ self.head
+
+    def loss_fn(model, x, t):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), t).mean()
+
+    opt = optax.adam(1e-2)
+
+    @eqx.filter_jit
+    def step(model, opt_state, x, t):
+        value, grads = eqx.filter_value_and_grad(loss_fn)(model, x, t)
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, value, grads
+
+    model = Model(params, head)
+    opt_state = opt.init(eqx.filter(model, eqx.is_array))
+    history = []
+    for _ in range(STEPS):
+        model, opt_state, value, grads = step(model, opt_state, x, t)
+        history.append((float(value), (grads.net, grads.head)))
+    return history, (model.net, model.head)
+
+
+def _train_flax_nnx(run_net, params, head, x, t):
+    """The same with a ``flax.nnx.Module`` (every jaxbp param leaf an ``nnx.Param``) and ``nnx.Optimizer``."""
+    from flax import nnx
+
+    def values(tree):
+        return jax.tree.map(lambda v: v[...], tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+    class Model(nnx.Module):
+        def __init__(self, params, head):
+            self.net = nnx.data(jax.tree.map(nnx.Param, params))
+            self.head = nnx.Param(head)
+
+        def __call__(self, x):
+            return jnp.tanh(run_net(values(self.net), x)) @ self.head[...]
+
+    def loss_fn(model, x, t):
+        return optax.softmax_cross_entropy_with_integer_labels(model(x), t).mean()
+
+    model = Model(params, head)
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, t):
+        value, grads = nnx.value_and_grad(loss_fn)(model, x, t)
+        optimizer.update(model, grads)
+        return value, grads
+
+    history = []
+    for _ in range(STEPS):
+        value, grads = step(model, optimizer, x, t)
+        history.append((float(value), (values(grads.net), values(grads.head))))
+    return history, (values(model.net), values(model.head))
+
+
+def _assert_same_training(train, key):
+    net, params, head, x, t = _head_and_params(key)
+    manual, manual_final = train(as_custom_vjp(net), params, head, x, t)
+    oracle, oracle_final = train(lambda p, h: net.forward(p, h)[0], params, head, x, t)
+    for i, ((v_m, g_m), (v_o, g_o)) in enumerate(zip(manual, oracle, strict=True)):
+        assert abs(v_m - v_o) <= TOL * abs(v_o), f"step {i}: loss {v_m} != {v_o}"
+        assert_trees_close(g_m, g_o, TOL, f"step {i} grads")
+    assert_trees_close(manual_final, oracle_final, TOL, f"params after {STEPS} adam steps")
+    assert manual[-1][0] < manual[0][0], "the loss goes down"
+
+
+def test_inside_an_equinox_module(key):
+    _assert_same_training(_train_equinox, key)
+
+
+def test_inside_a_flax_nnx_module(key):
+    _assert_same_training(_train_flax_nnx, key)

@@ -146,6 +146,7 @@ def test_recurrent_network_matches_jax_grad(key):
     assert_trees_close(g, g_ref, 1e-11, "grads")
 
 
+@pytest.mark.slow  # float32 dtype keeping is also tested per layer (test_norm, test_layers) and for an MLP
 def test_float32_network_keeps_dtype(key):
     net = jaxbp.serial(transformer_block(2, F), LSTM(3))
     _, params = net.init(key, (B, T, F))
@@ -214,6 +215,37 @@ def test_fan_in_concat_and_sum_shapes(key):
     assert jaxbp.output_shape(net, (B, F)) == (B, 7)
     assert FanInConcat(axis=0).init(key, ((2, 3), (4, 3)))[0] == (6, 3)
     assert FanInSum().init(key, ((2, 3), (2, 3)))[0] == (2, 3)
+
+
+def test_combinator_forwards_match_plain_jnp_formulas(key):
+    """Residual, FanOut, parallel, FanInSum, FanInConcat and Identity against formulas written in jnp
+    from the params (an independent oracle: not the layers' own forward, not shapes only)."""
+    x = jax.random.normal(key, (B, F), jnp.float64)
+    x2 = jax.random.normal(jax.random.fold_in(key, 1), (B, 3), jnp.float64)
+
+    def dense(p, v):
+        return v @ p["W"] + p["b"]
+
+    res = Residual(jaxbp.serial(jaxbp.Dense(F), jaxbp.Tanh()))
+    p = cast_floats(res.init(key, (B, F))[1], jnp.float64)
+    np.testing.assert_allclose(res.forward(p, x)[0], x + jnp.tanh(dense(p[0], x)), rtol=1e-14)
+
+    par = parallel(jaxbp.Dense(4), jaxbp.Tanh(), Identity())
+    p = cast_floats(par.init(key, ((B, F), (B, 3), (B, F)))[1], jnp.float64)
+    ys = par.forward(p, (x, x2, x))[0]
+    for got, want in zip(ys, (dense(p[0], x), jnp.tanh(x2), x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-14)
+
+    fan = FanOut(3).forward((), x)[0]
+    assert len(fan) == 3 and all(np.array_equal(f, x) for f in fan)
+    np.testing.assert_allclose(FanInSum().forward((), (x, 2 * x, -x))[0], 2 * x, rtol=1e-14)
+    np.testing.assert_array_equal(FanInConcat().forward((), (x, x2))[0], np.concatenate([x, x2], -1))
+    np.testing.assert_array_equal(FanInConcat(axis=0).forward((), (x, x))[0], np.concatenate([x, x], 0))
+
+    inception = jaxbp.serial(FanOut(2), parallel(jaxbp.Dense(3), jaxbp.Dense(4)), FanInConcat())
+    p = cast_floats(inception.init(key, (B, F))[1], jnp.float64)
+    want = np.concatenate([dense(p[1][0], x), dense(p[1][1], x)], -1)
+    np.testing.assert_allclose(inception.forward(p, x)[0], want, rtol=1e-14)
 
 
 # --- stateful sub-layers inside combinators ---
