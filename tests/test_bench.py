@@ -77,12 +77,31 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("manual_s", "jax_s", "ratio"))
         assert r["manual_temp_bytes"] is None or r["manual_temp_bytes"] >= 0
         assert r["manual_compile_s"] > 0 and r["jax_compile_s"] > 0
+    assert math.isfinite(row["vg"]["null_ratio"]) and row["vg"]["null_ratio"] > 0  # the null test ran
+    assert "null test" in table
     assert row["matmul_flops"] == 3 * 2 * 8 * (16 * 24 + 24 * 10) - 2 * 8 * 16 * 24
     assert row["step_pct_of_gemm"] > 0
     e = res["epoch"]
     assert e["steps"] == 4 and e["compiled_s"] > 0 and e["per_step_s"] > 0
     losses = e["last_loss"]
     assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_bench_cnn_peer_row_against_pytorch(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--quick", "--models", "cnn", "--repeats", "1", "--min-block", "0", "--gemm-n", "0"]
+    assert main([*argv, "--no-epoch", "--torch-threads", "1", "--json", str(out), "--silent"]) == 0
+    table = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert res["peer"] == [] and "PyTorch not installed" in table
+        return
+    (peer,) = res["peer"]
+    assert peer["device"] == "cpu" and peer["threads"] == 1
+    assert all(math.isfinite(peer[k]) and peer[k] > 0 for k in ("jaxbp_s", "torch_s", "ratio"))
+    assert "| CNN train step (SGD momentum) |" in table and "1 thread(s)" in table
 
 
 def test_bench_rejects_unknown_models(capsys):

@@ -85,9 +85,7 @@ def cnn(name: str, batch: int, side: int = 28, widths: tuple[int, ...] | None = 
     widths = tuple(widths or cnn_widths["fashion-mnist"])
     net = build_model("cnn", "fashion-mnist", 10, widths)
     desc = f"CNN preset {widths}, {side}x{side}x1, batch {batch}"
-    return Model(
-        name, net, SoftmaxCrossEntropy(), (batch, side, side, 1), class_labels, desc, widths=widths
-    )
+    return Model(name, net, SoftmaxCrossEntropy(), (batch, side, side, 1), class_labels, desc, widths=widths)
 
 
 def transformer(name: str, shape: Shape, heads: int = 4) -> Model:

@@ -51,7 +51,12 @@ def torch_cnn_step(
     layers: list[nn.Module] = []
     c_in, s = channels, side
     for c in conv:
-        layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c), nn.ReLU()]
+        layers += [
+            nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+        ]
         c_in, s = c, s // 2
     layers += [nn.Flatten(), nn.Linear(c_in * s * s, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(hidden, classes)).to(device)
@@ -68,6 +73,15 @@ def torch_cnn_step(
     x = torch.randn(batch, channels, side, side, generator=g).to(device)
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
     return step, x, y, torch.__version__
+
+
+def torch_sees_gpu() -> bool:
+    """Whether PyTorch is installed and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _sync(device: str) -> None:
