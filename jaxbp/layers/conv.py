@@ -10,11 +10,11 @@ See reference/DERIVATIONS.md for the derivation of both backward convolutions.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
@@ -90,7 +90,7 @@ def _dw_im2col(x, g, ks, st, dil, pads):
 
 def _use_im2col_dw(ks, channels: int, groups: int) -> bool:
     """Whether the weight gradient is an im2col matmul (CPU, one group, narrow patches)."""
-    columns = channels * int(np.prod(ks))
+    columns = channels * math.prod(ks)
     return jax.default_backend() == "cpu" and groups == 1 and columns <= _IM2COL_DW_MAX_COLUMNS
 
 
@@ -170,24 +170,39 @@ def ConvND(
         if G > 1:  # (.., C/G, G, F/G) -> (.., G, C/G, F/G) -> (.., C, F/G): O = C and I = F/G per group
             Wt = Wt.reshape(*ks, W.shape[-2], G, features // G).swapaxes(rank, rank + 1)
             Wt = Wt.reshape(*ks, x.shape[-1], features // G)
+        # On CPU every convolution gets the forward's dimension numbers (transposes made explicit):
+        # XLA:CPU hands only those to its fast kernels inside loop bodies (benchmarks/loop_conv_repro.py).
+        canonical = jax.default_backend() == "cpu"
         dx = lax.conv_general_dilated(
             g,
-            Wt,
+            Wt.swapaxes(rank, rank + 1) if canonical else Wt,
             (1,) * rank,
             [(e - 1 - lo, e - 1 - hi + r) for e, (lo, hi), r in zip(eff, pads, rem, strict=True)],
             lhs_dilation=st,
             rhs_dilation=dil,
-            dimension_numbers=dn_dx,
+            dimension_numbers=dn_fwd if canonical else dn_dx,
             feature_group_count=G,
         )
+        dw_pads = [(lo, hi - r) for (lo, hi), r in zip(pads, rem, strict=True)]
         if _use_im2col_dw(ks, x.shape[-1], G):
             dW = _dw_im2col(x.astype(g.dtype), g, ks, st, dil, pads)
+        elif canonical:  # x as (C, *spatial, N) images, g as a (*spatial, N, F) kernel -> (C/G, *ks, F)
+            dW = lax.conv_general_dilated(
+                x.astype(g.dtype).swapaxes(0, ch),
+                jnp.moveaxis(g, 0, rank),
+                dil,
+                dw_pads,
+                rhs_dilation=st,
+                dimension_numbers=dn_fwd,
+                batch_group_count=G,
+            )
+            dW = jnp.moveaxis(dW, 0, rank)
         else:
             dW = lax.conv_general_dilated(
                 x.astype(g.dtype),
                 g,
                 dil,
-                [(lo, hi - r) for (lo, hi), r in zip(pads, rem, strict=True)],
+                dw_pads,
                 rhs_dilation=st,
                 dimension_numbers=dn_dw,
                 batch_group_count=G,
