@@ -87,21 +87,24 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert all(math.isfinite(v) for v in losses.values())
 
 
-def test_bench_cnn_peer_row_against_pytorch(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    argv = ["bench", "--quick", "--models", "cnn", "--repeats", "1", "--min-block", "0", "--gemm-n", "0"]
-    assert main([*argv, "--no-epoch", "--torch-threads", "1", "--json", str(out), "--silent"]) == 0
-    table = capsys.readouterr().out
-    res = json.loads(out.read_text())
+def test_cnn_peer_row_against_pytorch():
+    from jaxbp.bench.models import build
+    from jaxbp.bench.peer import cnn_peer
+    from jaxbp.bench.run import format_table, machine_info
+
+    peer = cnn_peer(build("cnn", quick=True), repeats=1, threads=1, min_block_s=0)
     try:
         import torch  # noqa: F401
     except ImportError:
-        assert res["peer"] == [] and "PyTorch not installed" in table
+        assert peer is None
         return
-    (peer,) = res["peer"]
     assert peer["device"] == "cpu" and peer["threads"] == 1
     assert all(math.isfinite(peer[k]) and peer[k] > 0 for k in ("jaxbp_s", "torch_s", "ratio"))
-    assert "| CNN train step (SGD momentum) |" in table and "1 thread(s)" in table
+    table = format_table({"machine": machine_info(), "models": [], "skipped": {}, "peer": [peer]})
+    assert "| CNN train step (SGD momentum) |" in table and "on cpu, 1 thread(s)" in table
+    assert "PyTorch not installed" in format_table(
+        {"machine": machine_info(), "models": [], "skipped": {}, "peer": []}
+    )
 
 
 def test_bench_rejects_unknown_models(capsys):
