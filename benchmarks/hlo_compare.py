@@ -20,7 +20,7 @@ import optax
 
 from jaxbp.backprop import forward_backward
 from jaxbp.bench.models import MODELS, build
-from jaxbp.bench.timing import autodiff_forward_backward, step_fn_with
+from jaxbp.bench.timing import autodiff_forward_backward
 from jaxbp.step import init_train_state, train_step_fn
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = [^=]*? ([a-z][\w\-]*)\(", re.M)
@@ -50,7 +50,7 @@ def compiled_texts(name: str, step: bool, quick: bool) -> dict[str, tuple[str, o
     if step:
         fns = {
             "manual": train_step_fn(net, loss, opt),
-            "jax": step_fn_with(autodiff_forward_backward, net, loss, opt),
+            "jax": train_step_fn(net, loss, opt, forward_backward=autodiff_forward_backward),
         }
         args = (ts, x, t)
     else:

@@ -77,12 +77,34 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
         assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("manual_s", "jax_s", "ratio"))
         assert r["manual_temp_bytes"] is None or r["manual_temp_bytes"] >= 0
         assert r["manual_compile_s"] > 0 and r["jax_compile_s"] > 0
+    assert math.isfinite(row["vg"]["null_ratio"]) and row["vg"]["null_ratio"] > 0  # the null test ran
+    assert "null test" in table
     assert row["matmul_flops"] == 3 * 2 * 8 * (16 * 24 + 24 * 10) - 2 * 8 * 16 * 24
     assert row["step_pct_of_gemm"] > 0
     e = res["epoch"]
     assert e["steps"] == 4 and e["compiled_s"] > 0 and e["per_step_s"] > 0
     losses = e["last_loss"]
     assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_cnn_peer_row_against_pytorch():
+    from jaxbp.bench.models import build
+    from jaxbp.bench.peer import cnn_peer
+    from jaxbp.bench.run import format_table, machine_info
+
+    peer = cnn_peer(build("cnn", quick=True), repeats=1, threads=1, min_block_s=0)
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert peer is None
+        return
+    assert peer["device"] == "cpu" and peer["threads"] == 1
+    assert all(math.isfinite(peer[k]) and peer[k] > 0 for k in ("jaxbp_s", "torch_s", "ratio"))
+    table = format_table({"machine": machine_info(), "models": [], "skipped": {}, "peer": [peer]})
+    assert "| CNN train step (SGD momentum) |" in table and "on cpu, 1 thread(s)" in table
+    assert "PyTorch not installed" in format_table(
+        {"machine": machine_info(), "models": [], "skipped": {}, "peer": []}
+    )
 
 
 def test_bench_rejects_unknown_models(capsys):

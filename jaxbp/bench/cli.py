@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     parser.add_argument("--gemm-n", type=int, default=2048, help="GEMM size for the throughput (0: skip)")
     parser.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the digits epoch")
+    parser.add_argument(
+        "--no-peer", dest="peer", action="store_false", help="skip the CNN step against PyTorch eager"
+    )
     parser.add_argument("--epoch-batch", type=int, default=32, help="digits epoch batch size (default 32)")
     parser.add_argument(
         "--torch-threads",

@@ -34,6 +34,7 @@ class Model(NamedTuple):
       make_target: ``(key, output_shape) -> target``.
       description: a short human description (sizes).
       dense_sizes: the layer widths for MLPs (used for the FLOP count), else ``()``.
+      widths: the ``cnn`` preset's widths (conv channels ..., dense) for CNNs, else ``()``.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Model(NamedTuple):
     make_target: Callable[[Array, Shape], Array]
     description: str
     dense_sizes: tuple[int, ...] = ()
+    widths: tuple[int, ...] = ()
 
 
 def class_labels(key: Array, out_shape: Shape) -> Array:
@@ -79,10 +81,11 @@ def mlp(name: str, sizes: tuple[int, ...], batch: int) -> Model:
 
 def cnn(name: str, batch: int, side: int = 28, widths: tuple[int, ...] | None = None) -> Model:
     """The ``cnn`` preset of :mod:`jaxbp.train.models` on ``side x side x 1``, 10 classes."""
-    (build_model,) = _need("jaxbp.train.models", "build_model")
+    build_model, cnn_widths = _need("jaxbp.train.models", "build_model", "CNN_WIDTHS")
+    widths = tuple(widths or cnn_widths["fashion-mnist"])
     net = build_model("cnn", "fashion-mnist", 10, widths)
-    desc = f"CNN preset {widths or 'fashion-mnist'}, {side}x{side}x1, batch {batch}"
-    return Model(name, net, SoftmaxCrossEntropy(), (batch, side, side, 1), class_labels, desc)
+    desc = f"CNN preset {widths}, {side}x{side}x1, batch {batch}"
+    return Model(name, net, SoftmaxCrossEntropy(), (batch, side, side, 1), class_labels, desc, widths=widths)
 
 
 def transformer(name: str, shape: Shape, heads: int = 4) -> Model:

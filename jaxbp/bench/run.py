@@ -24,6 +24,7 @@ import optax
 from jaxbp.backprop import forward_backward
 from jaxbp.bench.epoch import epoch_benchmark
 from jaxbp.bench.models import Model, ModelUnavailableError, build
+from jaxbp.bench.peer import cnn_peer, torch_sees_gpu
 from jaxbp.bench.timing import (
     autodiff_forward_backward,
     compile_stats,
@@ -64,10 +65,17 @@ def _max_rel_err(a, b) -> float:
 
 
 def bench_model(
-    model: Model, repeats: int, min_block_s: float, gemm: tuple | None = None, seed: int = 0
+    model: Model,
+    repeats: int,
+    min_block_s: float,
+    gemm: tuple | None = None,
+    seed: int = 0,
+    null: bool = False,
 ) -> dict[str, Any]:
     """Time, size and compile one model's value-and-grad and train step, manual against jax.grad.
 
+    With ``null``, a second compiled copy of the manual value-and-grad joins the alternation and
+    ``vg["null_ratio"]`` (manual / copy) shows how far from 1.00 noise alone moves a ratio.
     For MLPs, ``gemm = (fn, args, flops)`` (see :func:`make_gemm`) is timed alternately with
     the manual train step, and the step's matmul FLOP/s is reported as a percentage of it.
     """
@@ -109,11 +117,10 @@ def bench_model(
         "grad_max_rel_err": _max_rel_err(g_m, g_j),
     }
     for kind, args in (("vg", vg_args), ("step", step_args)):
-        t = time_alternating(
-            {"manual": (compiled[kind, "manual"], args), "jax": (compiled[kind, "jax"], args)},
-            repeats=repeats,
-            min_block_s=min_block_s,
-        )
+        fns = {"manual": (compiled[kind, "manual"], args), "jax": (compiled[kind, "jax"], args)}
+        if null and kind == "vg":  # the null test: the manual program against a second copy of itself
+            fns["copy"] = (compile_stats(manual_vg, *args)[0], args)
+        t = time_alternating(fns, repeats=repeats, min_block_s=min_block_s)
         result[kind] = {
             "manual_s": t["manual_s"],
             "jax_s": t["jax_s"],
@@ -121,6 +128,8 @@ def bench_model(
             "calls_per_block": t["calls_per_block"],
             **{f"{who}_{k}": v for who in ("manual", "jax") for k, v in stats[kind, who].items()},
         }
+        if "copy" in fns:
+            result[kind]["null_ratio"] = t["ratios"]["copy"]
     if model.dense_sizes:
         flops = result["matmul_flops"] = mlp_step_flops(model.dense_sizes, model.x_shape[0])
         result["step_matmul_flops_per_s"] = flops / result["step"]["manual_s"]
@@ -149,9 +158,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out["skipped"][name] = str(e)
             say(f"  {name}: skipped ({e})")
             continue
-        r = bench_model(model, args.repeats, args.min_block, gemm)
+        r = bench_model(model, args.repeats, args.min_block, gemm, null=bool(model.dense_sizes))
         out["models"].append(r)
         say(f"  {name}: value_and_grad x{r['vg']['ratio']:.3f}, train step x{r['step']['ratio']:.3f}")
+        if model.widths and args.peer:
+            out["peer"] = [
+                p
+                for n in args.torch_threads
+                if (p := cnn_peer(model, max(3, args.repeats // 2), n, min_block_s=args.min_block))
+                is not None
+            ]
+            if torch_sees_gpu():
+                out["peer"].append(cnn_peer(model, max(3, args.repeats // 2), 1, args.min_block, "cuda"))
+            say(f"  {name}: PyTorch peer " + ", ".join(f"x{p['ratio']:.2f}" for p in out["peer"]))
     if args.gemm_n:
         out["gemm"] = gemm_throughput(args.gemm_n, repeats=max(3, args.repeats // 2))
         say(f"  gemm {args.gemm_n}: {out['gemm']['flops_per_s'] / 1e9:.1f} GFLOP/s")
@@ -192,6 +211,22 @@ def format_table(res: dict[str, Any]) -> str:
         )
     for name, why in res["skipped"].items():
         lines.append(f"| {name}: skipped ({why}) |" + " |" * 9)
+    for r in res["models"]:
+        if "null_ratio" in r["vg"]:
+            lines.append(
+                f"\n{r['description']}: null test, value_and_grad against a second compiled copy of"
+                f" itself in the same alternation: x{r['vg']['null_ratio']:.3f}"
+            )
+    if res.get("peer"):
+        lines += ["", "| CNN train step (SGD momentum) | jaxbp ms | PyTorch eager ms | jaxbp / PyTorch |"]
+        lines.append("|---|---:|---:|---:|")
+        for p in res["peer"]:
+            lines.append(
+                f"| PyTorch {p['torch_version']} on {p['device']}, {p['threads']} thread(s) "
+                f"| {1e3 * p['jaxbp_s']:.1f} | {1e3 * p['torch_s']:.1f} | {p['ratio']:.2f} |"
+            )
+    elif "peer" in res:
+        lines += ["", "PyTorch not installed: CNN peer row skipped"]
     if "gemm" in res:
         g = res["gemm"]
         lines += ["", f"GEMM {g['n']}x{g['n']} float32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s"]

@@ -89,7 +89,7 @@ def time_alternating(
 
     Returns:
       ``{"<name>_s": median seconds per call, ..., "ratio": median over rounds of
-      first/second, "calls_per_block": n}``.
+      first/second, "ratios": {name: median over rounds of first/name}, "calls_per_block": n}``.
     """
     names = list(fns)
     for fn, args in fns.values():
@@ -107,6 +107,9 @@ def time_alternating(
             ratios.append(times[names[0]][-1] / times[names[1]][-1])
     out: dict[str, Any] = {f"{k}_s": statistics.median(v) for k, v in times.items()}
     out["ratio"] = statistics.median(ratios) if ratios else None
+    out["ratios"] = {
+        k: statistics.median(a / b for a, b in zip(times[names[0]], times[k], strict=True)) for k in names[1:]
+    }
     out["calls_per_block"] = n
     return out
 

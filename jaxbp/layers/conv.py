@@ -9,6 +9,8 @@ See reference/DERIVATIONS.md for the derivation of both backward convolutions.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -58,6 +60,39 @@ def _geometry(name, shape, window, strides, dilation, padding):
             f" (dilated) window {eff}"
         )
     return pads, out
+
+
+# On CPU a weight gradient whose patch matrix is this narrow (prod(kernel) * C/G columns or fewer)
+# is one im2col matmul; wider ones stay XLA convolutions (see docs/performance.md for the figures).
+_IM2COL_DW_MAX_COLUMNS = 64
+
+
+def _dw_im2col(x, g, ks, st, dil, pads):
+    """dW = patches(x)^T @ g: one matmul over the N * out positions (feature_group_count 1).
+
+    ``patches(x)[n, o..., k, c] = x_pad[n, o * s + k * d, c]`` for every kernel offset ``k``.
+    """
+    rank = len(ks)
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
+    out = g.shape[1:-1]
+    cols = []
+    for k in itertools.product(*(range(n) for n in ks)):
+        start = (0, *(ki * d for ki, d in zip(k, dil, strict=True)), 0)
+        limit = (
+            x.shape[0],
+            *(a + (o - 1) * s + 1 for a, o, s in zip(start[1:-1], out, st, strict=True)),
+            x.shape[-1],
+        )
+        cols.append(lax.slice(xp, start, limit, (1, *st, 1)))
+    patches = jnp.stack(cols, axis=rank + 1).reshape(-1, len(cols) * x.shape[-1])
+    dW = lax.dot_general(patches, g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
+    return dW.reshape(*ks, x.shape[-1], g.shape[-1])
+
+
+def _use_im2col_dw(ks, channels: int, groups: int) -> bool:
+    """Whether the weight gradient is an im2col matmul (CPU, one group, narrow patches)."""
+    columns = channels * math.prod(ks)
+    return jax.default_backend() == "cpu" and groups == 1 and columns <= _IM2COL_DW_MAX_COLUMNS
 
 
 def ConvND(
@@ -146,25 +181,43 @@ def ConvND(
         if G > 1:  # (.., C/G, G, F/G) -> (.., G, C/G, F/G) -> (.., C, F/G): O = C and I = F/G per group
             Wt = Wt.reshape(*ks, W.shape[-2], G, features // G).swapaxes(rank, rank + 1)
             Wt = Wt.reshape(*ks, x.shape[-1], features // G)
+        # On CPU every convolution gets the forward's dimension numbers (transposes made explicit):
+        # XLA:CPU hands only those to its fast kernels inside loop bodies (benchmarks/loop_conv_repro.py).
+        canonical = jax.default_backend() == "cpu"
         dx = lax.conv_general_dilated(
             g,
-            Wt,
+            Wt.swapaxes(rank, rank + 1) if canonical else Wt,
             (1,) * rank,
             [(e - 1 - lo, e - 1 - hi + r) for e, (lo, hi), r in zip(eff, pads, rem, strict=True)],
             lhs_dilation=st,
             rhs_dilation=dil,
-            dimension_numbers=dn_dx,
+            dimension_numbers=dn_fwd if canonical else dn_dx,
             feature_group_count=G,
         )
-        dW = lax.conv_general_dilated(
-            x.astype(g.dtype),
-            g,
-            dil,
-            [(lo, hi - r) for (lo, hi), r in zip(pads, rem, strict=True)],
-            rhs_dilation=st,
-            dimension_numbers=dn_dw,
-            batch_group_count=G,
-        )
+        dw_pads = [(lo, hi - r) for (lo, hi), r in zip(pads, rem, strict=True)]
+        if _use_im2col_dw(ks, x.shape[-1], G):
+            dW = _dw_im2col(x.astype(g.dtype), g, ks, st, dil, pads)
+        elif canonical:  # x as (C, *spatial, N) images, g as a (*spatial, N, F) kernel -> (C/G, *ks, F)
+            dW = lax.conv_general_dilated(
+                x.astype(g.dtype).swapaxes(0, ch),
+                jnp.moveaxis(g, 0, rank),
+                dil,
+                dw_pads,
+                rhs_dilation=st,
+                dimension_numbers=dn_fwd,
+                batch_group_count=G,
+            )
+            dW = jnp.moveaxis(dW, 0, rank)
+        else:
+            dW = lax.conv_general_dilated(
+                x.astype(g.dtype),
+                g,
+                dil,
+                dw_pads,
+                rhs_dilation=st,
+                dimension_numbers=dn_dw,
+                batch_group_count=G,
+            )
         dparams = {"kernel": dW.astype(W.dtype)}
         if use_bias:
             dparams["bias"] = g.sum((0, *sp)).astype(params["bias"].dtype)

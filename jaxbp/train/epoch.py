@@ -5,10 +5,11 @@ result, ``epoch(ts, x, y, probe) -> EpochOut`` (``ts`` donated):
 
 * :func:`make_epoch` compiles the whole epoch as one program (``lax.scan`` over batches), so
   small models are not bound by Python dispatch.
-* :func:`make_epoch_loop` runs a compiled step per batch from Python. XLA:CPU runs convolution
-  weight gradients about 40x slower inside a loop body than at top level (measured on a
-  Conv2D 32->64, 14x14, batch 128: 0.2 s vs 8.8 s, the same for ``jax.vjp``), and a CNN step
-  is long enough that dispatch does not matter.
+* :func:`make_epoch_loop` runs a compiled step per batch from Python: for layers whose compiled
+  step is slower inside a loop body than at top level. XLA:CPU hands a convolution to its fast
+  kernels inside a loop body only when it already has the forward's dimension numbers
+  (``benchmarks/loop_conv_repro.py``: a ``jax.vjp`` weight gradient runs ~70x slower in a scan);
+  jaxbp's convolutions emit only that form on CPU, so conv nets scan too.
 
 :func:`choose_epoch_builder` picks one. Both take ``devices=N`` for data-parallel training
 (``--devices``): the step is then :func:`jaxbp.distributed.parallel_train_step_fn` on an N-device mesh.
@@ -24,9 +25,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxbp.core import Layer, Loss, layer_name
+from jaxbp.core import Layer, Loss
 from jaxbp.distributed import train_step_fn_for
-from jaxbp.flow import flow_norms, levels
+from jaxbp.flow import flow_norms
 from jaxbp.step import TrainState
 
 
@@ -128,7 +129,7 @@ def make_epoch_loop(
     tick: Callable[[Any], None] | None = None,
     devices: int | None = 1,
 ) -> Callable:
-    """The epoch as a Python loop over one compiled, donated step (for convolutional nets on CPU).
+    """The epoch as a Python loop over one compiled, donated step (for steps slow inside loop bodies).
 
     Same arguments and result as :func:`make_epoch`; ``tick(i)`` is called after every batch.
     """
@@ -155,13 +156,16 @@ def make_epoch_loop(
 
 
 def choose_epoch_builder(net: Layer, loop: str = "auto") -> Callable:
-    """``make_epoch`` (``loop="scan"``) or ``make_epoch_loop`` (``"python"``); ``"auto"`` takes the
-    Python loop on CPU when any level is a convolution, the scan otherwise."""
-    if loop == "scan":
+    """``make_epoch`` (``loop="scan"`` or ``"auto"``) or ``make_epoch_loop`` (``"python"``).
+
+    ``"auto"`` is the scan for every network, convolutional ones on CPU included: the library's
+    layers compile to programs as fast inside the scan's loop body as at top level
+    (``benchmarks/cnn_epoch.py`` times both builders). ``net`` is accepted for callers that pick
+    per network; a user layer whose step is slow in a loop body takes ``loop="python"``.
+    """
+    del net
+    if loop in ("scan", "auto"):
         return make_epoch
     if loop == "python":
         return make_epoch_loop
-    if loop != "auto":
-        raise ValueError(f"unknown loop {loop!r}; choose auto, scan or python")
-    convolutional = any(layer_name(l).startswith("Conv") for l in levels(net))
-    return make_epoch_loop if convolutional and jax.default_backend() == "cpu" else make_epoch
+    raise ValueError(f"unknown loop {loop!r}; choose auto, scan or python")
