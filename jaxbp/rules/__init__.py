@@ -26,6 +26,8 @@ from jaxbp.rules.feedback import sign_symmetry as sign_symmetry
 from jaxbp.rules.metrics import alignment as alignment
 from jaxbp.rules.metrics import angle as angle
 from jaxbp.rules.metrics import feedback_like as feedback_like
+from jaxbp.rules.metrics import final_alignment as final_alignment
+from jaxbp.rules.metrics import run_key as run_key
 
 RULES = ("bp", "fa", "usf", "frsf", "brsf", "dfa")
 

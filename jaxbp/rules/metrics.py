@@ -161,4 +161,34 @@ def _leaf_at(net: Layer, path: Path) -> Layer:
     return net
 
 
-__all__ = ["alignment", "angle", "feedback_like"]
+def run_key(seed: int) -> Array:
+    """The feedback key of a ``jaxbp train`` run, folded from its init key ``split(PRNGKey(seed))[0]``."""
+    return jax.random.fold_in(jax.random.split(jax.random.PRNGKey(seed))[0], 0xFB)
+
+
+def final_alignment(rule_net: Layer, train_state, data, batch_size: int, seed: int) -> dict:
+    """:func:`alignment` on the first training batch (the probe of the gradient-flow plot), as floats.
+
+    Args:
+      rule_net: the trained rule net (or the plain network: backprop, all angles 0).
+      train_state: the run's final :class:`~jaxbp.step.TrainState`.
+      data: the :class:`~jaxbp.train.data.Dataset`.
+      batch_size: the probe's size.
+      seed: the run's seed (the probe key is ``PRNGKey(seed + 1)``, as the training program's).
+    """
+    from jaxbp.losses import SoftmaxCrossEntropy
+
+    x, y = jnp.asarray(data.x_train[:batch_size]), jnp.asarray(data.y_train[:batch_size])
+    angles = alignment(
+        rule_net,
+        SoftmaxCrossEntropy(),
+        train_state.params,
+        x,
+        y,
+        state=train_state.state,
+        key=jax.random.PRNGKey(seed + 1),
+    )
+    return {p: {k: round(float(v), 3) for k, v in row.items()} for p, row in angles.items()}
+
+
+__all__ = ["alignment", "angle", "feedback_like", "final_alignment", "run_key"]

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from jaxbp import distributed
+from jaxbp import distributed, rules
 from jaxbp.train import checkpoint
 from jaxbp.train.data import DATASETS, DataError, load_dataset, standardize
 from jaxbp.train.epoch import choose_epoch_builder
@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-standardize", action="store_true", help="keep pixels in [0, 1] instead of standardising")
     a("--checkpoint-dir", help="save a checkpoint here after every epoch")
     a("--resume", action="store_true", help="continue from --checkpoint-dir")
+    a(
+        "--rule",
+        choices=rules.RULES,
+        default="bp",
+        help="backward rule (jaxbp.rules): bp, fa, usf, frsf, brsf, dfa",
+    )
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -81,6 +87,7 @@ def resolve(args: argparse.Namespace) -> dict:
         seed=args.seed,
         standardize=not args.no_standardize,
         loop=args.loop,
+        rule=args.rule,
     )
     return cfg
 
@@ -99,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if cfg["standardize"]:
         data = standardize(data)
-    net = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    base = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    net = rules.by_name(cfg["rule"], base, key=rules.run_key(cfg["seed"]))  # feedback in the net's state
     steps = (len(data.x_train) // cfg["batch_size"]) * cfg["epochs"]
     opt = make_optimizer(
         cfg["lr"],
@@ -126,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
             config=cfg,
             progress=sys.stderr.isatty() and not args.no_progress,
             log=print,
-            epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
+            epoch_builder=functools.partial(choose_epoch_builder(base, cfg["loop"]), devices=args.devices),
         )
     except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
         print(f"jaxbp train: {e}", file=sys.stderr)
@@ -146,6 +154,8 @@ def main(args: argparse.Namespace) -> int:
             "dataset": data.name,
             "model": cfg["model"],
             "seed": cfg["seed"],
+            "rule": cfg["rule"],
+            "alignment": rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
         }
         print(json.dumps(summary))
     return 0
