@@ -239,7 +239,7 @@ def test_rules_survive_checkpoint_and_resume_bit_for_bit(tmp_path, rule):
 
     with pytest.raises(KeyboardInterrupt):
         fit(
-            rules.by_name(rule, base, key=1),
+            net,
             data,
             opt,
             checkpoint_dir=str(tmp_path),
