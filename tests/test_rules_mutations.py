@@ -37,7 +37,7 @@ def run(R):
 
 
 def assert_caught(report, path, leaves, failing=None):
-    """The error starts at ``path`` (walking down from the loss), in ``leaves``; ``failing``: all bad paths."""
+    """The error starts at ``path`` (down from the loss), in ``leaves``; ``failing``: every bad path."""
     assert not report.ok
     assert report.levels[report.first_bad_level].split(" ")[0] == path, str(report)
     assert report.failed_leaves() == leaves, str(report)
