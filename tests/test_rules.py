@@ -44,7 +44,7 @@ def batch(shape, key=0):
 
 def setup(net, shape):
     x, t = batch(shape)
-    _, params = net.init(jax.random.PRNGKey(1), x.shape)
+    _, params = jax.jit(net.init, static_argnums=1)(jax.random.PRNGKey(1), x.shape)
     return params, x, t
 
 
@@ -81,15 +81,17 @@ def test_feedback_like_turns_fa_and_frsf_into_backprop(make_net, shape, make_rul
     R = make_rule(net)
     state = rules.feedback_like(R, params)
     assert jax.tree.structure(state[1]) != jax.tree.structure(params)
-    (v, new_state), grads = jaxbp.value_and_grad(R, LOSS)(
+    (v, new_state), grads = jax.jit(jaxbp.value_and_grad(R, LOSS))(
         params, x, t, state=state, key=jax.random.PRNGKey(2)
     )
-    v_bp, g_bp = jaxbp.value_and_grad(net, LOSS)(params, x, t)
+    v_bp, g_bp = jax.jit(jaxbp.value_and_grad(net, LOSS))(params, x, t)
     assert float(v) == float(v_bp)
     assert max_diff(grads, g_bp) < 1e-12
     assert same_tree(new_state, state)  # feedback is not learned
     # with its own random feedback the rule is not backprop
-    (_, _), grads = jaxbp.value_and_grad(R, LOSS)(params, x, t, state=jaxbp.init_state(R, shape), key=None)
+    (_, _), grads = jax.jit(jaxbp.value_and_grad(R, LOSS))(
+        params, x, t, state=jaxbp.init_state(R, shape), key=None
+    )
     assert max_diff(grads, g_bp) > 1e-4
 
 
@@ -98,8 +100,8 @@ def test_dfa_with_one_hidden_layer_and_feedback_like_is_backprop():
     params, x, t = setup(net, (5, 2, 3))
     R = rules.direct_feedback_alignment(net, key=3)
     state = rules.feedback_like(R, params)
-    (_, _), grads = jaxbp.value_and_grad(R, LOSS)(params, x, t, state=state)
-    assert max_diff(grads, jaxbp.grad(net, LOSS)(params, x, t)) < 1e-12
+    (_, _), grads = jax.jit(jaxbp.value_and_grad(R, LOSS))(params, x, t, state=state)
+    assert max_diff(grads, jax.jit(jaxbp.grad(net, LOSS))(params, x, t)) < 1e-12
     with pytest.raises(UsageError, match="no feedback turns dfa"):
         rules.feedback_like(rules.direct_feedback_alignment(mlp()), setup(mlp(), (5, 2, 3))[0])
     with pytest.raises(UsageError, match="no feedback turns usf"):
@@ -183,7 +185,7 @@ def test_brsf_redraws_every_step_and_needs_a_key():
     params, x, t = setup(net, (5, 2, 3))
     R = rules.sign_symmetry(net, "brsf")
     state = jaxbp.init_state(R, x.shape)
-    f = jaxbp.grad(R, LOSS)
+    f = jax.jit(jaxbp.grad(R, LOSS))
     g1, _ = f(params, x, t, state=state, key=jax.random.PRNGKey(1))
     g2, _ = f(params, x, t, state=state, key=jax.random.PRNGKey(2))
     assert max_diff(g1, g2) > 1e-6 and max_diff(g1[-1], g2[-1]) == 0.0  # the top level's dW is exact
