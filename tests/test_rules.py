@@ -11,8 +11,8 @@ from jaxbp.errors import JaxbpError, UsageError
 from jaxbp.layers.dropout import Dropout
 from jaxbp.rules.metrics import recorded_backward
 from jaxbp.train import checkpoint
-from jaxbp.train.fit import fit, make_optimizer
 from jaxbp.train.data import Dataset
+from jaxbp.train.fit import fit, make_optimizer
 
 F64 = jnp.float64
 
