@@ -58,6 +58,9 @@ from jaxbp.layers.shape import Flatten as Flatten
 from jaxbp.layers.shape import Reshape as Reshape
 from jaxbp.layers.softmax import LogSoftmax as LogSoftmax
 from jaxbp.layers.softmax import Softmax as Softmax
+from jaxbp.layers.ste import BinaryDense as BinaryDense
+from jaxbp.layers.ste import Round as Round
+from jaxbp.layers.ste import Sign as Sign
 from jaxbp.losses import BinaryCrossEntropyWithLogits as BinaryCrossEntropyWithLogits
 from jaxbp.losses import MeanSquaredError as MeanSquaredError
 from jaxbp.losses import SoftmaxCrossEntropy as SoftmaxCrossEntropy

@@ -223,7 +223,23 @@ def ConvND(
             dparams["bias"] = g.sum((0, *sp)).astype(params["bias"].dtype)
         return dparams, dx.astype(x.dtype)
 
-    return Layer(init, forward, backward, name=name)
+    # Backward rules (jaxbp.rules): a feedback kernel B of W's shape stands in for W in dx only.
+    def feedback_params(params, B):
+        # params with the kernel replaced by B (the forward whose VJP in x defines FA's dx)
+        return {**params, "kernel": B}
+
+    def feedback_backward(params, x, g, B):
+        # dx = the transposed convolution of g with B (flip(B)^T, as for W); dW, db as backprop's on g
+        dparams, _ = backward(params, x, g)
+        _, dx = backward(feedback_params(params, B), x, g)
+        return dparams, dx
+
+    extras = {
+        "feedback_weight": lambda params: params["kernel"],
+        "feedback_params": feedback_params,
+        "feedback_backward": feedback_backward,
+    }
+    return Layer(init, forward, backward, name=name, extras=extras)
 
 
 def Conv2D(

@@ -53,4 +53,20 @@ def Dense(
             dparams["b"] = g.sum(batch).astype(params["b"].dtype)
         return dparams, dx
 
-    return Layer(init, forward, backward, name=name)
+    # Backward rules (jaxbp.rules): a feedback matrix B of W's shape stands in for W in dx only.
+    def feedback_params(params, B):
+        # params with W replaced by B (the forward whose VJP in x defines FA's dx)
+        return {**params, "W": B}
+
+    def feedback_backward(params, x, g, B):
+        # dx = g @ B.T; dW = x.T @ g; db = g.sum(0)   (dω is backprop's on the arriving g)
+        dparams, _ = backward(params, x, g)
+        _, dx = backward(feedback_params(params, B), x, g)
+        return dparams, dx
+
+    extras = {
+        "feedback_weight": lambda params: params["W"],
+        "feedback_params": feedback_params,
+        "feedback_backward": feedback_backward,
+    }
+    return Layer(init, forward, backward, name=name, extras=extras)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxbp import distributed
+from jaxbp import distributed, rules
 from jaxbp.cli import int_list, ranged
 from jaxbp.errors import CheckpointError, UsageError
 from jaxbp.train import checkpoint
@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start afresh even though --checkpoint-dir holds a checkpoint (it is replaced after epoch 1)",
     )
+    a(
+        "--rule",
+        choices=rules.RULES,
+        default="bp",
+        help="backward rule (jaxbp.rules): bp, fa, usf, frsf, brsf, dfa",
+    )
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
@@ -100,6 +106,7 @@ def resolve(args: argparse.Namespace) -> dict:
         seed=args.seed,
         standardize=not args.no_standardize,
         loop=args.loop,
+        rule=args.rule,
     )
     return cfg
 
@@ -191,7 +198,8 @@ def main(args: argparse.Namespace) -> int:
     check_checkpoint(args, cfg)
     if cfg["standardize"]:
         data = standardize(data)
-    net = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    base = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    net = rules.by_name(cfg["rule"], base, key=rules.run_key(cfg["seed"]))  # feedback in the net's state
     steps = (len(data.x_train) // cfg["batch_size"]) * cfg["epochs"]
     opt = make_optimizer(
         cfg["lr"],
@@ -238,6 +246,8 @@ def main(args: argparse.Namespace) -> int:
             "dataset": data.name,
             "model": cfg["model"],
             "seed": cfg["seed"],
+            "rule": cfg["rule"],
+            "alignment": rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
         }
         print(json.dumps(_finite_or_null(summary), allow_nan=False))
     if plot_error:
