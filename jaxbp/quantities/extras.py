@@ -18,8 +18,9 @@ A layer opts into :func:`jaxbp.quantities.value_grad_and` by putting hand-writte
     the layer's second-derivative residual wrt its input, ``r = g ⊙ f''(x)`` for an element-wise
     ``f`` (same shape as ``x``), None for a layer linear in its input and its params.
 ``Loss.extras["sqrt_hessian"](res) -> S`` and ``["sqrt_hessian_mc"](res, key, samples) -> S``
-    ``S`` of shape ``(K, *pred.shape)`` with ``sum_k S_k S_kᵀ`` (in expectation for ``_mc``)
-    the Hessian of the mean loss wrt ``pred``, block-diagonal over examples.
+    ``S`` of shape ``(K, *pred.shape)`` with ``sum_k S_kn S_knᵀ = H_n`` (in expectation for ``_mc``)
+    for every example n, where ``H_n`` is the block of example n of the Hessian of the mean loss
+    wrt ``pred`` (block-diagonal over examples; a column serves all examples at once).
 
 The helpers below are used by several constructors; none calls autodiff.
 """
