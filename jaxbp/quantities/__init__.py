@@ -16,7 +16,9 @@ Scalings follow BackPACK for a mean-reduced loss over N examples:
 """
 
 from jaxbp.quantities.api import value_grad_and as value_grad_and
+from jaxbp.quantities.dp import dp_train_step_fn as dp_train_step_fn
+from jaxbp.quantities.dp import epsilon as epsilon
 from jaxbp.quantities.engine import NAMES as NAMES
 from jaxbp.quantities.extras import Kron as Kron
 
-__all__ = ["NAMES", "Kron", "value_grad_and"]
+__all__ = ["NAMES", "Kron", "dp_train_step_fn", "epsilon", "value_grad_and"]
