@@ -86,3 +86,23 @@ def test_epsilon_from_dp_accounting():
     assert epsilon(0.0, 256, 60000, 10) == float("inf")
     sigma = noise_for_epsilon(3.0, 256, 60000, 60 * 234)
     assert abs(epsilon(sigma, 256, 60000, 60 * 234) - 3.0) < 0.05
+
+
+@pytest.mark.slow
+def test_train_cli_dp_flags(tmp_path, capsys):
+    import json
+
+    from jaxbp import cli
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:16], y_test=y[:16])
+    args = ["train", "--dataset", "npz", "--data-dir", str(tmp_path / "d.npz"), "--epochs", "2"]
+    args += ["--batch-size", "16", "--widths", "8", "--json", "--dp-clip", "1.0", "--dp-noise", "1.0"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2].startswith("privacy after epoch 2: epsilon")
+    summary = json.loads(out[-1])
+    assert summary["epsilon"] == pytest.approx(epsilon(1.0, 16, 64, 8), rel=1e-9)
+    assert cli.main([*args[:-2]]) == 2  # --dp-clip without --dp-noise

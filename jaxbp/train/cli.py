@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    a("--dp-clip", type=float, help="DP-SGD: clip each example's gradient to this norm (ghost clipping)")
+    a("--dp-noise", type=float, help="DP-SGD: Gaussian noise multiplier sigma (noise std sigma * clip)")
+    a("--dp-delta", type=float, default=1e-5, help="DP-SGD: the delta of the reported epsilon (default 1e-5)")
     distributed.add_arguments(parser)
 
 
@@ -82,6 +85,8 @@ def resolve(args: argparse.Namespace) -> dict:
         standardize=not args.no_standardize,
         loop=args.loop,
     )
+    if args.dp_clip is not None or args.dp_noise is not None:
+        cfg.update(dp_clip=args.dp_clip, dp_noise=args.dp_noise, dp_delta=args.dp_delta)
     return cfg
 
 
@@ -113,6 +118,27 @@ def main(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test, {data.num_classes} classes;"
         f" model {net.name}"
     )
+    step_fn, on_epoch = None, None
+    if "dp_clip" in cfg:
+        from jaxbp.quantities import dp
+
+        if cfg["dp_clip"] is None or cfg["dp_noise"] is None or args.devices not in (None, 1):
+            print("jaxbp train: DP-SGD needs both --dp-clip and --dp-noise, on one device", file=sys.stderr)
+            return 2
+        try:
+            step_fn = functools.partial(dp.dp_train_step_fn, clip=cfg["dp_clip"], noise=cfg["dp_noise"])
+        except ValueError as e:
+            print(f"jaxbp train: {e}", file=sys.stderr)
+            return 2
+        per_epoch = len(data.x_train) // cfg["batch_size"]
+
+        def on_epoch(e, history):
+            eps = dp.epsilon(
+                cfg["dp_noise"], cfg["batch_size"], len(data.x_train), e * per_epoch, cfg["dp_delta"]
+            )
+            history.setdefault("epsilon", []).append(eps)
+            print(f"privacy after epoch {e}: epsilon {eps:.3f} at delta {cfg['dp_delta']:g}")
+
     try:
         result = fit(
             net,
@@ -126,7 +152,12 @@ def main(args: argparse.Namespace) -> int:
             config=cfg,
             progress=sys.stderr.isatty() and not args.no_progress,
             log=print,
-            epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
+            epoch_builder=functools.partial(
+                choose_epoch_builder(net, cfg["loop"]),
+                devices=args.devices,
+                **({"step_fn": step_fn} if step_fn else {}),
+            ),
+            on_epoch=on_epoch,
         )
     except (NonFiniteError, checkpoint.CheckpointError, ValueError) as e:
         print(f"jaxbp train: {e}", file=sys.stderr)
@@ -147,5 +178,7 @@ def main(args: argparse.Namespace) -> int:
             "model": cfg["model"],
             "seed": cfg["seed"],
         }
+        if "dp_clip" in cfg:
+            summary["epsilon"] = result.history["epsilon"][-1] if result.history.get("epsilon") else 0.0
         print(json.dumps(summary))
     return 0
