@@ -176,5 +176,9 @@ def BatchNorm(
         eval_only(res[2], "diag_hessian")
         return None
 
-    extras = {"batch_grad": batch_grad, "diag_hessian": diag_hessian}
+    def kfac(params, res, g):
+        # per column g: the GGN block of each (C,) param, G = sum_n d_n d_nᵀ with d_n = batch_grad_n
+        return {k: qx.Kron(None, d.T @ d) for k, d in batch_grad(params, res, g).items()}
+
+    extras = {"batch_grad": batch_grad, "diag_hessian": diag_hessian, "kfac": kfac}
     return Layer(init, forward, backward, init_state=init_state, name=name, extras=extras)
