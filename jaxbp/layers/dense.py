@@ -53,7 +53,10 @@ def Dense(
     # dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt; ||dW_n||² = ||x_n||²||g_n||² (T = 1) or the Gram form.
     def batch_grad(params, x, g):
         xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        out = {"W": jnp.einsum("bti,bto->bio", xs, gs)}
+        if xs.shape[1] == 1:  # an outer product per example: a broadcast, not a batched matmul
+            out = {"W": xs[:, 0, :, None] * gs[:, 0, None, :]}
+        else:
+            out = {"W": jnp.einsum("bti,bto->bio", xs, gs)}
         return out | ({"b": gs.sum(1)} if use_bias else {})
 
     def batch_l2(params, x, g):
