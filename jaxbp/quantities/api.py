@@ -15,6 +15,7 @@ from jaxbp.quantities.engine import (
     check_names,
     curvature_walk,
     first_order_leaf,
+    join_kron,
     loss_sqrt,
     pick,
 )
@@ -78,7 +79,8 @@ def value_grad_and(net: Layer, loss: Loss, *names: str, mc_samples: int = 1, tra
         value, lres = loss.forward(y, target)
         g = loss.backward(lres)
         residuals = {} if "diag_hessian" in names else None
-        tree, _ = walk_backward(net, params, res, g, first_order_leaf(first, x.shape[0], residuals))
+        kron = next((n for n in ("kflr", "kfac") if n in names), None)
+        tree, _ = walk_backward(net, params, res, g, first_order_leaf(first, x.shape[0], residuals, kron))
         q = {n: pick(tree, n) for n in first}
         exact = [n for n in ("diag_ggn", "kflr") if n in names]
         if exact:
@@ -87,6 +89,8 @@ def value_grad_and(net: Layer, loss: Loss, *names: str, mc_samples: int = 1, tra
                 net, params, res, S, diag="diag_ggn" in names, kron="kflr" in names, quantity=exact[0]
             )
             q.update({"diag_ggn": d} if d is not None else {}, **({"kflr": k} if k is not None else {}))
+            if k is not None:
+                q["kflr"] = join_kron(pick(tree, "kronA"), k)
         mc = [n for n in ("diag_ggn_mc", "kfac") if n in names]
         if mc:
             S = loss_sqrt(loss, "sqrt_hessian_mc", mc[0])(lres, mkey, mc_samples)
@@ -94,6 +98,8 @@ def value_grad_and(net: Layer, loss: Loss, *names: str, mc_samples: int = 1, tra
                 net, params, res, S, diag="diag_ggn_mc" in names, kron="kfac" in names, quantity=mc[0]
             )
             q.update({"diag_ggn_mc": d} if d is not None else {}, **({"kfac": k} if k is not None else {}))
+            if k is not None:
+                q["kfac"] = join_kron(pick(tree, "kronA"), k)
         if "diag_hessian" in names:
             S = loss_sqrt(loss, "sqrt_hessian", "diag_hessian")(lres)
             top, w, inject = _residual_columns(S, residuals)

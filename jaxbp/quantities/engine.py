@@ -70,12 +70,26 @@ def has_params(params) -> bool:
     return bool(jax.tree_util.tree_leaves(params))
 
 
-def first_order_leaf(names: tuple[str, ...], n: int, collect: dict | None):
-    """The visitor of the gradient walk: backward plus the first-order extras of each leaf."""
+def first_order_leaf(names: tuple[str, ...], n: int, collect: dict | None, kron: str | None = None):
+    """The visitor of the gradient walk: backward plus the first-order extras of each leaf.
+
+    With ``kron`` (the quantity's name), each parameterised leaf also gives the input factors ``A``
+    of its ``"kfac"`` extra, as part ``"kronA"`` (once here, not once per curvature column).
+    """
 
     def leaf(path, layer, params, res, g):
         dparams, dx = layer.backward(params, res, g)
         parts: dict[str, Any] = {"grad": dparams}
+        if kron is not None:
+            parts["kronA"] = (
+                jax.tree.map(
+                    lambda k: Kron(k.A, None),
+                    extra(path, layer, "kfac", kron)(params, res, g),
+                    is_leaf=_is_kron,
+                )
+                if has_params(params)
+                else dparams
+            )
         if collect is not None:  # diag_hessian: the second-derivative residual wrt this leaf's input
             collect[path] = extra(path, layer, "diag_hessian", "diag_hessian")(params, res, g)
         if not has_params(params) or not names:
@@ -125,8 +139,9 @@ def curvature_leaf(diag: bool, kron: bool, inject: dict | None, quantity: str):
                     if fn
                     else sum_squares(extra(path, layer, "batch_grad", quantity)(params, res, g))
                 )
-            if kron:
-                parts["kron"] = extra(path, layer, "kfac", quantity)(params, res, g)
+            if kron:  # G only: the input factors A come from the gradient walk
+                factors = extra(path, layer, "kfac", quantity)(params, res, g)
+                parts["kron"] = jax.tree.map(lambda k: Kron(None, k.G), factors, is_leaf=_is_kron)
         else:
             if diag:
                 parts["diag"] = dparams
@@ -144,13 +159,13 @@ def _is_kron(v) -> bool:
 
 
 def reduce_kron(tree):
-    """Sum the G factors over the column axis, take A from column 0; Kron -> (A, G) or (G,)."""
+    """Sum the G factors over the column axis."""
+    return jax.tree.map(lambda k: Kron(None, k.G.sum(0)), tree, is_leaf=_is_kron)
 
-    def one(k):
-        G = k.G.sum(0)
-        return (G,) if k.A is None else (k.A[0], G)
 
-    return jax.tree.map(one, tree, is_leaf=_is_kron)
+def join_kron(a_tree, g_tree):
+    """Kron(A, _) from the gradient walk and Kron(_, G) from the columns -> (A, G), or (G,) for a bias."""
+    return jax.tree.map(lambda a, g: (g.G,) if a.A is None else (a.A, g.G), a_tree, g_tree, is_leaf=_is_kron)
 
 
 def curvature_walk(net, params, res, S, *, diag, kron, quantity, weights=None, inject=None):
