@@ -305,3 +305,22 @@ def test_check_quantities_catches_a_wrong_extra(key):
     report = check_quantities(serial(bad), (3, 4), ("batch_l2",), seeds=1)
     assert not report.ok and report.failed_leaves() == {"['W']"}
     assert dataclasses.is_dataclass(report.rows[0])
+
+
+def test_against_the_numpy_reference(key):
+    from reference import numpy_quantities as ref
+
+    net = serial(Dense(4), Tanh(), Dense(3))
+    x, params, _ = setup(net, (5, 2), key)
+    y = np.array([0, 2, 1, 1, 0])
+    layers = [(np.asarray(p["W"]), np.asarray(p["b"])) for p in (params[0], params[2])]
+    _, _, q = value_grad_and(net, SoftmaxCrossEntropy(), "batch_l2", "diag_ggn")(params, x, jnp.asarray(y))
+    l2 = ref.batch_l2(layers, np.asarray(x), y)
+    dg = ref.diag_ggn(layers, np.asarray(x), y)
+    for i, level in enumerate((0, 2)):
+        np.testing.assert_allclose(q["batch_l2"][level]["W"], l2[i][0], rtol=1e-10)
+        np.testing.assert_allclose(q["batch_l2"][level]["b"], l2[i][1], rtol=1e-10)
+        np.testing.assert_allclose(
+            q["diag_ggn"][level]["W"], dg[i][0], rtol=1e-6, atol=1e-9
+        )  # finite differences
+        np.testing.assert_allclose(q["diag_ggn"][level]["b"], dg[i][1], rtol=1e-6, atol=1e-9)
