@@ -193,6 +193,7 @@ def test_kflr_is_the_ggn_block_for_one_example(key, loss):
         np.testing.assert_allclose(block, ggn[s : s + n, s : s + n], rtol=0, atol=TOL, err_msg=name)
 
 
+@pytest.mark.slow
 def test_mc_quantities_use_the_sampled_factor(key):
     # diag_ggn_mc / kfac with a fixed key equal the GGN of the very factor the loss samples
     net = serial(Dense(4), Tanh(), Dense(3))
@@ -218,7 +219,9 @@ def test_mc_quantities_use_the_sampled_factor(key):
     np.testing.assert_allclose(G, jnp.einsum("mbi,mbj->ij", S, S), rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), BinaryCrossEntropyWithLogits()])
+@pytest.mark.parametrize(
+    "loss", [SoftmaxCrossEntropy(), pytest.param(BinaryCrossEntropyWithLogits(), marks=pytest.mark.slow)]
+)
 def test_mc_factor_expectation_by_enumeration(key, loss):
     # E[s sᵀ] over the sampled label is the exact Hessian: enumerate the labels with their probabilities
     z = jax.random.normal(key, (2, 3), jnp.float64)
@@ -307,6 +310,7 @@ def test_check_quantities_catches_a_wrong_extra(key):
     assert dataclasses.is_dataclass(report.rows[0])
 
 
+@pytest.mark.slow
 def test_against_the_numpy_reference(key):
     from reference import numpy_quantities as ref
 

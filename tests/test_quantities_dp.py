@@ -53,6 +53,7 @@ def test_clipped_update_equals_the_per_example_reference(key, method):
     np.testing.assert_allclose(value, loss.forward(apply(net, ts.params, x)[0], t)[0], rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_noise_is_sigma_c_over_n_and_keyed(key):
     net = serial(Dense(3))
     x = jax.random.normal(key, (4, 2), jnp.float64)
