@@ -83,7 +83,7 @@ def check_first_order(net, loss, x, t, params, state=()):
         lambda p, x, t: value_grad_and(net, loss, *FIRST)(p, x, t, state=state), params, x, t
     )
     L = loss_fn(net, loss, state)
-    want, grad = first_order_oracle(L, params, x, t)
+    want, grad = compiled(lambda p, x, t: first_order_oracle(L, p, x, t), params, x, t)
     close(grads, grad, "grads")
     np.testing.assert_allclose(value, L(params, x, t), rtol=1e-12)
     for name in FIRST:
@@ -140,6 +140,7 @@ def test_first_order_grouped_conv_and_mse(key):
     check_first_order(net, MeanSquaredError(), x, jax.random.normal(key, (3, 2)), params)
 
 
+@pytest.mark.slow
 def test_ghost_norm_both_forms(key):
     k1, k2 = jax.random.split(key)
     for T, I, O in ((5, 8, 8), (30, 2, 3)):  # Gram form, then the materialised one
@@ -152,8 +153,13 @@ def test_ghost_norm_both_forms(key):
 def flat_setup(net, loss, params, x, t):
     flat, unravel = ravel_pytree(params)
     y = apply(net, params, x)[0]
-    J = jax.jacobian(lambda fp: apply(net, unravel(fp), x)[0])(flat).reshape(y.size, flat.size)
-    H = jax.hessian(lambda yy: loss.forward(yy.reshape(y.shape), t)[0])(y.ravel())
+
+    def jh(flat, x, t):
+        J = jax.jacobian(lambda fp: apply(net, unravel(fp), x)[0])(flat).reshape(y.size, flat.size)
+        H = jax.hessian(lambda yy: loss.forward(yy.reshape(y.shape), t)[0])(y.ravel())
+        return J, H
+
+    J, H = compiled(jh, flat, x, t)
     return flat, unravel, J, H
 
 
@@ -166,7 +172,10 @@ def test_diag_ggn_kflr_diag_hessian(key):
     flat, _, J, H = flat_setup(net, loss, params, x, t)
     ggn = J.T @ H @ J
     np.testing.assert_allclose(ravel_pytree(q["diag_ggn"])[0], jnp.diag(ggn), rtol=0, atol=TOL)
-    hess = jax.hessian(lambda fp: loss_fn(net, loss)(ravel_pytree(params)[1](fp), x, t))(flat)
+    unravel = ravel_pytree(params)[1]
+    hess = compiled(
+        lambda fp, x, t: jax.hessian(lambda f: loss_fn(net, loss)(unravel(f), x, t))(fp), flat, x, t
+    )
     np.testing.assert_allclose(ravel_pytree(q["diag_hessian"])[0], jnp.diag(hess), rtol=0, atol=TOL)
 
 
@@ -219,9 +228,8 @@ def test_mc_quantities_use_the_sampled_factor(key):
     np.testing.assert_allclose(G, jnp.einsum("mbi,mbj->ij", S, S), rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize(
-    "loss", [SoftmaxCrossEntropy(), pytest.param(BinaryCrossEntropyWithLogits(), marks=pytest.mark.slow)]
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", [SoftmaxCrossEntropy(), BinaryCrossEntropyWithLogits()])
 def test_mc_factor_expectation_by_enumeration(key, loss):
     # E[s sᵀ] over the sampled label is the exact Hessian: enumerate the labels with their probabilities
     z = jax.random.normal(key, (2, 3), jnp.float64)
@@ -250,15 +258,22 @@ def test_unsupported_layers_name_the_level_layer_and_quantity(key):
     net = serial(Dense(3), Residual(serial(Softmax(), Dense(3))), Dense(2))
     x, params, _ = setup(net, (2, 3), key)
     with pytest.raises(LayerError, match=r"level 1/branch/0 \(Softmax.*'diag_hessian'"):
-        value_grad_and(net, loss, "diag_hessian")(params, x, jnp.array([0, 1]))
+        jax.eval_shape(value_grad_and(net, loss, "diag_hessian"), params, x, jnp.array([0, 1]))
     rnn = serial(RNN(3), Flatten(), Dense(2))
     x, params, _ = setup(rnn, (2, 4, 3), key)
     with pytest.raises(LayerError, match=r"level 0 \(RNN.*'batch_l2'"):
-        value_grad_and(rnn, loss, "batch_l2")(params, x, jnp.array([0, 1]))
+        jax.eval_shape(value_grad_and(rnn, loss, "batch_l2"), params, x, jnp.array([0, 1]))
     bn = serial(Dense(3), BatchNorm(), Dense(2))
     x, params, state = setup(bn, (2, 3), key)
     with pytest.raises(LayerError, match="eval mode"):
-        value_grad_and(bn, loss, "batch_grad", train=True)(params, x, jnp.array([0, 1]), state=state)
+        jax.eval_shape(
+            lambda p, x, s: value_grad_and(bn, loss, "batch_grad", train=True)(
+                p, x, jnp.array([0, 1]), state=s
+            ),
+            params,
+            x,
+            state,
+        )
     with pytest.raises(UsageError, match="key"):
         value_grad_and(bn, loss, "kfac")(params, x, jnp.array([0, 1]), state=state)
     with pytest.raises(UsageError, match="unknown"):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from harness import compiled
 
 from jaxbp.combinators import Residual, serial
 from jaxbp.core import apply
@@ -43,10 +44,10 @@ def test_clipped_update_equals_the_per_example_reference(key, method):
     _, ts = init_train_state(net, optax.sgd(1.0), key, x.shape)
     ts = ts._replace(params=jax.tree.map(lambda a: a.astype(jnp.float64) * 3, ts.params))
     ts = ts._replace(opt_state=optax.sgd(1.0).init(ts.params))
-    want, c = reference_update(net, loss, ts.params, x, t, clip=0.3)
+    want, c = compiled(lambda p, x, t: reference_update(net, loss, p, x, t, clip=0.3), ts.params, x, t)
     assert 0 < c.min() < 1 and c.max() <= 1  # some examples clipped
-    step = jax.jit(dp_train_step_fn(net, loss, optax.sgd(1.0), clip=0.3, noise=0.0, method=method))
-    new, value = step(ts, x, t)
+    step = dp_train_step_fn(net, loss, optax.sgd(1.0), clip=0.3, noise=0.0, method=method)
+    new, value = compiled(step, ts, x, t)
     got = jax.tree.map(lambda a, b: a - b, ts.params, new.params)  # sgd(1): params - update
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
@@ -75,7 +76,7 @@ def test_dp_refuses_train_mode_batchnorm_and_bad_flags(key):
     _, ts = init_train_state(net, optax.sgd(0.1), key, (4, 2))
     step = dp_train_step_fn(net, SoftmaxCrossEntropy(), optax.sgd(0.1), clip=1.0, noise=1.0)
     with pytest.raises(LayerError, match="eval mode"):
-        step(ts, jnp.ones((4, 2)), jnp.array([0, 1, 0, 1]))
+        jax.eval_shape(step, ts, jnp.ones((4, 2)), jnp.array([0, 1, 0, 1]))
     with pytest.raises(UsageError):
         dp_train_step_fn(net, SoftmaxCrossEntropy(), optax.sgd(0.1), clip=0.0, noise=1.0)
 
