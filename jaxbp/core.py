@@ -117,11 +117,16 @@ def is_combinator(layer: Layer) -> bool:
 
 
 class Loss(NamedTuple):
-    """A loss: ``forward(pred, target) -> (value, res)``, ``backward(res) -> dL/dpred``."""
+    """A loss: ``forward(pred, target) -> (value, res)``, ``backward(res) -> dL/dpred``.
+
+    ``extras``: hand-written pieces that extend the backward (for :mod:`jaxbp.quantities`:
+    ``"sqrt_hessian"`` and ``"sqrt_hessian_mc"``, symmetric factors of the loss Hessian wrt pred).
+    """
 
     forward: Callable[[Array, Array], tuple[Array, Residuals]]
     backward: Callable[[Residuals], Array]
     name: str = ""
+    extras: Mapping[str, Callable] = NO_EXTRAS
 
 
 def is_stateful(layer: Layer) -> bool:

@@ -65,7 +65,32 @@ def SoftmaxCrossEntropy() -> Loss:
             return jnp.where(_in_range(t, p.shape[-1])[..., None], dz, jnp.nan)  # NaN rows for bad labels
         return (p * t.sum(-1, keepdims=True) - t) / n
 
-    return Loss(forward, backward, name="SoftmaxCrossEntropy")
+    def mass(p, t):
+        # sum_c t per row (1 for integer labels): the Hessian of a row is mass (diag p - p pᵀ) / N
+        return jnp.ones(p.shape[:-1], p.dtype) if jnp.issubdtype(t.dtype, jnp.integer) else t.sum(-1)
+
+    def sqrt_hessian(res):
+        # column (r, c) = sqrt(mass_r p_rc / N) (e_c - p_r) at row r, 0 at the other rows of the example:
+        # sum_c p_c (e_c - p)(e_c - p)ᵀ = diag p - p pᵀ.  K = (rows per example) * C columns.
+        p, t = res
+        B, C = p.shape[0], p.shape[-1]
+        pr = p.reshape(B, -1, C)
+        R = pr.shape[1]
+        w = jnp.sqrt(mass(p, t).reshape(B, R) / math.prod(p.shape[:-1]))
+        cols = jnp.sqrt(pr)[..., :, None] * (jnp.eye(C, dtype=p.dtype) - pr[..., None, :])  # (B, R, c, C)
+        cols = cols * w[..., None, None]
+        S = jnp.einsum("rs,bscd->rcbsd", jnp.eye(R, dtype=p.dtype), cols)
+        return S.reshape(R * C, *p.shape)
+
+    def sqrt_hessian_mc(res, key, samples=1):
+        # s = sqrt(mass / N) (p - onehot(y)), y ~ Categorical(p) per row: E[s sᵀ] = mass (diag p - p pᵀ) / N
+        p, t = res
+        y = jax.random.categorical(key, jnp.log(p), axis=-1, shape=(samples, *p.shape[:-1]))
+        w = jnp.sqrt(mass(p, t) / (math.prod(p.shape[:-1]) * samples))[..., None]
+        return (p - jax.nn.one_hot(y, p.shape[-1], dtype=p.dtype)) * w
+
+    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
+    return Loss(forward, backward, name="SoftmaxCrossEntropy", extras=extras)
 
 
 def MeanSquaredError() -> Loss:
@@ -83,7 +108,19 @@ def MeanSquaredError() -> Loss:
         # dpred = 2 (pred - target) / size
         return 2 * diff / diff.size
 
-    return Loss(forward, backward, name="MeanSquaredError")
+    def sqrt_hessian(diff):
+        # the Hessian is 2 I / size: column k = sqrt(2 / size) e_k in every example (K = size / B)
+        D = diff.size // diff.shape[0]
+        eye = jnp.eye(D, dtype=diff.dtype).reshape(D, 1, *diff.shape[1:])
+        return jnp.broadcast_to(eye * jnp.sqrt(2 / diff.size).astype(diff.dtype), (D, *diff.shape))
+
+    def sqrt_hessian_mc(diff, key, samples=1):
+        # s = sqrt(2 / size) z, z ~ N(0, I): E[s sᵀ] = 2 I / size
+        z = jax.random.normal(key, (samples, *diff.shape), diff.dtype)
+        return z * jnp.sqrt(2 / (diff.size * samples)).astype(diff.dtype)
+
+    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
+    return Loss(forward, backward, name="MeanSquaredError", extras=extras)
 
 
 def BinaryCrossEntropyWithLogits() -> Loss:
@@ -103,4 +140,18 @@ def BinaryCrossEntropyWithLogits() -> Loss:
         p, t = res
         return (p - t) / p.size
 
-    return Loss(forward, backward, name="BinaryCrossEntropyWithLogits")
+    def sqrt_hessian(res):
+        # the Hessian is diag(p (1 - p)) / size: column k = sqrt(p_k (1 - p_k) / size) e_k
+        p, _ = res
+        D = p.size // p.shape[0]
+        eye = jnp.eye(D, dtype=p.dtype).reshape(D, 1, *p.shape[1:])
+        return eye * jnp.sqrt(p * (1 - p) / p.size)[None]
+
+    def sqrt_hessian_mc(res, key, samples=1):
+        # s = (p - y) / sqrt(size), y ~ Bernoulli(p): E[s²] = p (1 - p) / size
+        p, _ = res
+        y = jax.random.bernoulli(key, p, (samples, *p.shape)).astype(p.dtype)
+        return (p - y) / jnp.sqrt(p.size * samples).astype(p.dtype)
+
+    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
+    return Loss(forward, backward, name="BinaryCrossEntropyWithLogits", extras=extras)

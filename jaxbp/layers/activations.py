@@ -21,6 +21,11 @@ def _init(key, input_shape):
     return tuple(input_shape), ()
 
 
+def _piecewise_linear(params, res, g):
+    """The ``"diag_hessian"`` extra of a piecewise-linear activation: f'' = 0 almost everywhere."""
+    return None
+
+
 def Relu() -> Layer:
     """y = max(x, 0): any shape -> same shape."""
 
@@ -31,7 +36,7 @@ def Relu() -> Layer:
         # dx = g * [x > 0]   (subgradient 0 at x == 0)
         return (), jnp.where(positive, g, jnp.zeros_like(g))
 
-    return Layer(_init, forward, backward, name="Relu")
+    return Layer(_init, forward, backward, name="Relu", extras={"diag_hessian": _piecewise_linear})
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
@@ -46,7 +51,13 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
         # dx = g * (1 if x >= 0 else slope)   (1 at x == 0)
         return (), jnp.where(nonneg, g, negative_slope * g)
 
-    return Layer(_init, forward, backward, name=f"LeakyRelu({negative_slope})")
+    return Layer(
+        _init,
+        forward,
+        backward,
+        name=f"LeakyRelu({negative_slope})",
+        extras={"diag_hessian": _piecewise_linear},
+    )
 
 
 def Tanh() -> Layer:
@@ -60,7 +71,11 @@ def Tanh() -> Layer:
         # dx = g * (1 - y**2)
         return (), g * (1 - y * y)
 
-    return Layer(_init, forward, backward, name="Tanh")
+    def diag_hessian(params, y, g):
+        # r = g * f''(x) = g * (-2 y (1 - y**2))
+        return g * (-2 * y * (1 - y * y))
+
+    return Layer(_init, forward, backward, name="Tanh", extras={"diag_hessian": diag_hessian})
 
 
 def Sigmoid() -> Layer:
@@ -74,7 +89,11 @@ def Sigmoid() -> Layer:
         # dx = g * y * (1 - y)
         return (), g * y * (1 - y)
 
-    return Layer(_init, forward, backward, name="Sigmoid")
+    def diag_hessian(params, y, g):
+        # r = g * f''(x) = g * y (1 - y) (1 - 2 y)
+        return g * y * (1 - y) * (1 - 2 * y)
+
+    return Layer(_init, forward, backward, name="Sigmoid", extras={"diag_hessian": diag_hessian})
 
 
 def _sigmoid(x):
@@ -102,6 +121,14 @@ def Gelu(approximate: bool = True) -> Layer:
             du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
             return (), g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
 
+        def diag_hessian(params, res, g):
+            # r = g * (1 - t**2) (u' + 0.5 x (u'' - 2 t u'**2)),
+            #     u' = sqrt(2/pi)(1 + 3a x**2), u'' = 6a sqrt(2/pi) x, a = 0.044715
+            x, t = res
+            du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
+            ddu = 6 * 0.044715 * _SQRT_2_OVER_PI * x
+            return g * (1 - t * t) * (du + 0.5 * x * (ddu - 2 * t * du * du))
+
     else:
 
         def forward(params, x):
@@ -113,7 +140,13 @@ def Gelu(approximate: bool = True) -> Layer:
             x, cdf = res
             return (), g * (cdf + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x))
 
-    return Layer(_init, forward, backward, name=f"Gelu(approximate={approximate})")
+        def diag_hessian(params, res, g):
+            # r = g * phi(x) (2 - x**2)
+            x, _ = res
+            return g * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x) * (2 - x * x)
+
+    extras = {"diag_hessian": diag_hessian}
+    return Layer(_init, forward, backward, name=f"Gelu(approximate={approximate})", extras=extras)
 
 
 def Softplus() -> Layer:
@@ -126,7 +159,12 @@ def Softplus() -> Layer:
         # dx = g * sigmoid(x)
         return (), g * _sigmoid(x)
 
-    return Layer(_init, forward, backward, name="Softplus")
+    def diag_hessian(params, x, g):
+        # r = g * sigmoid(x) (1 - sigmoid(x))
+        s = _sigmoid(x)
+        return g * s * (1 - s)
+
+    return Layer(_init, forward, backward, name="Softplus", extras={"diag_hessian": diag_hessian})
 
 
 def Elu(alpha: float = 1.0) -> Layer:
@@ -143,4 +181,9 @@ def Elu(alpha: float = 1.0) -> Layer:
         positive, y = res
         return (), jnp.where(positive, g, g * (y + alpha))
 
-    return Layer(_init, forward, backward, name=f"Elu({alpha})")
+    def diag_hessian(params, res, g):
+        # r = g * (0 if x > 0 else y + alpha)
+        positive, y = res
+        return jnp.where(positive, jnp.zeros_like(g), g * (y + alpha))
+
+    return Layer(_init, forward, backward, name=f"Elu({alpha})", extras={"diag_hessian": diag_hessian})

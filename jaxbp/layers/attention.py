@@ -10,6 +10,7 @@ from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
 from jaxbp.layers import _args
+from jaxbp.quantities import extras as qx
 
 _PROJ = ("q", "k", "v", "o")
 _BIAS = ("q", "v", "o")  # no key bias: it shifts each score row by q.bk, which the softmax ignores
@@ -102,4 +103,8 @@ def MultiHeadAttention(
         dparams = {n: dparams[n].astype(params[n].dtype) for n in params}
         return dparams, dx.astype(x.dtype)
 
-    return Layer(init, forward, backward, name=name)
+    def batch_grad(params, res, g):
+        # dparams_n = backward on example n alone (examples interact only inside their own sequence)
+        return qx.per_example_backward(backward, params, res, g)
+
+    return Layer(init, forward, backward, name=name, extras={"batch_grad": batch_grad})

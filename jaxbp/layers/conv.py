@@ -19,6 +19,7 @@ from jax import lax
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
 from jaxbp.layers import _args
+from jaxbp.quantities import extras as qx
 
 Padding = str | int | Sequence[tuple[int, int]]
 
@@ -234,11 +235,61 @@ def ConvND(
         _, dx = backward(feedback_params(params, B), x, g)
         return dparams, dx
 
-    extras = {
-        "feedback_weight": lambda params: params["kernel"],
-        "feedback_params": feedback_params,
-        "feedback_backward": feedback_backward,
-    }
+    # Quantity extras (jaxbp.quantities), feature_group_count 1: with U_n (P, K) the unfolded input
+    # patches of example n (K = prod(ks) C, ordered as the kernel), dW_n = U_nᵀ g_n, db_n = sum_p g_np.
+    def patches(x):
+        pads, _ = check(x.shape)
+        u = lax.conv_general_dilated_patches(
+            x, ks, st, pads, rhs_dilation=dil, dimension_numbers=dn_fwd
+        )  # (N, *out, C * prod(ks)), features ordered (C, *ks)
+        u = u.reshape(*u.shape[:-1], x.shape[-1], *ks)
+        u = jnp.moveaxis(u, rank + 1, -1)  # (N, *out, *ks, C): the kernel's (*ks, C) order
+        return u.reshape(u.shape[0], -1, math.prod(ks) * x.shape[-1])
+
+    def with_bias(out, gs, f):
+        return out | ({"bias": f(gs.sum(1))} if use_bias else {})
+
+    def batch_grad(params, x, g):
+        if G > 1:
+            return qx.per_example_backward(backward, params, x, g)
+        u, gs = patches(x), qx.as_sequence(g)
+        dW = jnp.einsum("bpk,bpf->bkf", u, gs).reshape(x.shape[0], *params["kernel"].shape)
+        return with_bias({"kernel": dW}, gs, lambda a: a)
+
+    def batch_l2(params, x, g):
+        if G > 1:
+            return qx.squared_norms(batch_grad(params, x, g))
+        gs = qx.as_sequence(g)
+        return with_bias({"kernel": qx.outer_l2(patches(x), gs)}, gs, lambda a: jnp.sum(a * a, -1))
+
+    def sum_grad_squared(params, x, g):
+        return qx.sum_squares(batch_grad(params, x, g))
+
+    def kfac(params, x, g):
+        # A = sum_{n,p} u u ᵀ / N;  G = sum_n (sum_p g_np)(sum_p g_np)ᵀ   (BackPACK's convention)
+        if G > 1:
+            raise LayerError(f"{name}: kfac/kflr need feature_group_count 1, got {G}")
+        gs = qx.as_sequence(g)
+        Gf = qx.summed_outer(gs)
+        u = patches(x)
+        return with_bias(
+            {"kernel": qx.Kron(qx.mean_outer(u, u.shape[0]), Gf)}, gs, lambda a: qx.Kron(None, Gf)
+        )
+
+    def diag_hessian(params, x, g):
+        # linear in x and in (kernel, bias): no second-derivative residual
+        return None
+
+    extras = dict(
+        feedback_weight=lambda params: params["kernel"],
+        feedback_params=feedback_params,
+        feedback_backward=feedback_backward,
+        batch_grad=batch_grad,
+        batch_l2=batch_l2,
+        sum_grad_squared=sum_grad_squared,
+        kfac=kfac,
+        diag_hessian=diag_hessian,
+    )
     return Layer(init, forward, backward, name=name, extras=extras)
 
 

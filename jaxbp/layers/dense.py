@@ -8,6 +8,7 @@ from jax import lax
 
 from jaxbp.core import Layer, LayerError
 from jaxbp.layers import _args
+from jaxbp.quantities import extras as qx
 
 
 def Dense(
@@ -64,9 +65,49 @@ def Dense(
         _, dx = backward(feedback_params(params, B), x, g)
         return dparams, dx
 
-    extras = {
-        "feedback_weight": lambda params: params["W"],
-        "feedback_params": feedback_params,
-        "feedback_backward": feedback_backward,
-    }
+    # Quantity extras (jaxbp.quantities): per example n, over its positions t (T = 1 for (B, in)):
+    # dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt; ||dW_n||² = ||x_n||²||g_n||² (T = 1) or the Gram form.
+    def batch_grad(params, x, g):
+        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
+        if xs.shape[1] == 1:  # an outer product per example: a broadcast, not a batched matmul
+            out = {"W": xs[:, 0, :, None] * gs[:, 0, None, :]}
+        else:
+            out = {"W": jnp.einsum("bti,bto->bio", xs, gs)}
+        return out | ({"b": gs.sum(1)} if use_bias else {})
+
+    def batch_l2(params, x, g):
+        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
+        out = {"W": qx.outer_l2(xs, gs)}
+        return out | ({"b": jnp.sum(gs.sum(1) ** 2, -1)} if use_bias else {})
+
+    def sum_grad_squared(params, x, g):
+        # T = 1: sum_n dW_n² = (x²)ᵀ(g²); else the per-example dW_n squared and summed
+        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
+        if xs.shape[1] == 1:
+            out = {"W": (xs[:, 0] ** 2).T @ (gs[:, 0] ** 2)}
+        else:
+            out = {"W": qx.sum_squares(jnp.einsum("bti,bto->bio", xs, gs))}
+        return out | ({"b": jnp.sum(gs.sum(1) ** 2, 0)} if use_bias else {})
+
+    def kfac(params, x, g):
+        # A = sum_{n,t} x xᵀ / N;  G = sum_n (sum_t g)(sum_t g)ᵀ for this column g
+        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
+        G = qx.summed_outer(gs)
+        out = {"W": qx.Kron(qx.mean_outer(xs, xs.shape[0]), G)}
+        return out | ({"b": qx.Kron(None, G)} if use_bias else {})
+
+    def diag_hessian(params, x, g):
+        # linear in x and in (W, b): no second-derivative residual
+        return None
+
+    extras = dict(
+        feedback_weight=lambda params: params["W"],
+        feedback_params=feedback_params,
+        feedback_backward=feedback_backward,
+        batch_grad=batch_grad,
+        batch_l2=batch_l2,
+        sum_grad_squared=sum_grad_squared,
+        kfac=kfac,
+        diag_hessian=diag_hessian,
+    )
     return Layer(init, forward, backward, name=name, extras=extras)

@@ -36,4 +36,9 @@ def Dropout(rate: float) -> Layer:
             return (), g
         return (), jnp.where(keep, g / (1 - rate), jnp.zeros_like(g))
 
-    return Layer(init, forward, backward, init_state=init_state, name=name)
+    def diag_hessian(params, keep, g):
+        # linear in x (eval mode and train mode alike): no second-derivative residual
+        return None
+
+    extras = {"diag_hessian": diag_hessian}
+    return Layer(init, forward, backward, init_state=init_state, name=name, extras=extras)

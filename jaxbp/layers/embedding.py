@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxbp.core import Layer, LayerError, check_param_shapes
 from jaxbp.layers import _args
+from jaxbp.quantities import extras as qx
 
 
 def Embedding(
@@ -56,4 +57,20 @@ def Embedding(
         dtable = jax.ops.segment_sum(g.reshape(-1, features), ids.reshape(-1), num_segments=num_embeddings)
         return {"table": dtable.astype(params["table"].dtype)}, None
 
-    return Layer(init, forward, backward, name=name)
+    def batch_grad(params, ids, g):
+        # dtable_n[k] = sum_{t: ids_nt = k} g_nt   (one row per example: a one-hot contraction)
+        onehot = jax.nn.one_hot(ids.reshape(ids.shape[0], -1), num_embeddings, dtype=g.dtype)
+        return {"table": jnp.einsum("btk,btf->bkf", onehot, qx.as_sequence(g))}
+
+    def batch_l2(params, ids, g):
+        # ||dtable_n||² = sum_{t,t'} [ids_nt = ids_nt'] g_nt·g_nt'   (Gram form, no (B, V, F) array)
+        i, gs = ids.reshape(ids.shape[0], -1), qx.as_sequence(g)
+        same = (i[:, :, None] == i[:, None, :]) & (i[:, :, None] < num_embeddings)
+        return {"table": jnp.einsum("bts,bts->b", same.astype(g.dtype), jnp.einsum("btf,bsf->bts", gs, gs))}
+
+    def diag_hessian(params, ids, g):
+        # linear in the table; integer input
+        return None
+
+    extras = {"batch_grad": batch_grad, "batch_l2": batch_l2, "diag_hessian": diag_hessian}
+    return Layer(init, forward, backward, name=name, extras=extras)

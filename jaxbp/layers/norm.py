@@ -11,6 +11,7 @@ from jax import lax
 
 from jaxbp.core import Layer, LayerError, Static, check_param_shapes
 from jaxbp.layers import _args
+from jaxbp.quantities import extras as qx
 
 
 def _compute_dtype(dtype):
@@ -68,7 +69,13 @@ def LayerNorm(epsilon: float = 1e-5, *, param_dtype=jnp.float32) -> Layer:
         }
         return dparams, dx.astype(g.dtype)
 
-    return Layer(init, forward, backward, name=name)
+    def batch_grad(params, res, g):
+        # per example n (summed over its positions t): dscale_n = sum_t g ⊙ xhat; dbias_n = sum_t g
+        xhat, _ = res
+        gf = qx.as_sequence(g.astype(xhat.dtype))
+        return {"scale": (gf * qx.as_sequence(xhat)).sum(1), "bias": gf.sum(1)}
+
+    return Layer(init, forward, backward, name=name, extras={"batch_grad": batch_grad})
 
 
 def _axis_bound(axis_name: str) -> bool:
@@ -158,4 +165,28 @@ def BatchNorm(
         }
         return dparams, dx.astype(g.dtype)
 
-    return Layer(init, forward, backward, init_state=init_state, name=name)
+    def eval_only(train, quantity):
+        if train.value:
+            raise LayerError(
+                f"{name}: {quantity} needs eval mode (train mode couples the examples through the batch"
+                " statistics)"
+            )
+
+    def batch_grad(params, res, g):
+        # eval mode, per example n (over its positions): dscale_n = sum g ⊙ xhat; dbias_n = sum g
+        xhat, _, train = res
+        eval_only(train, "a per-example quantity")
+        gf = qx.as_sequence(g.astype(xhat.dtype))
+        return {"scale": (gf * qx.as_sequence(xhat)).sum(1), "bias": gf.sum(1)}
+
+    def diag_hessian(params, res, g):
+        # eval mode: linear in x and in (scale, bias): no second-derivative residual
+        eval_only(res[2], "diag_hessian")
+        return None
+
+    def kfac(params, res, g):
+        # per column g: the GGN block of each (C,) param, G = sum_n d_n d_nᵀ with d_n = batch_grad_n
+        return {k: qx.Kron(None, d.T @ d) for k, d in batch_grad(params, res, g).items()}
+
+    extras = {"batch_grad": batch_grad, "diag_hessian": diag_hessian, "kfac": kfac}
+    return Layer(init, forward, backward, init_state=init_state, name=name, extras=extras)

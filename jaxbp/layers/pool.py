@@ -28,6 +28,11 @@ from jaxbp.layers import _args
 from jaxbp.layers.conv import Padding, resolve_padding
 
 
+def _linear(params, res, g):
+    """The ``"diag_hessian"`` extra: average pooling is linear, max pooling piecewise linear in x."""
+    return None
+
+
 def _window(name: str, window_shape, strides, padding):
     ws = tuple(window_shape)
     st = ws if strides is None else (strides,) * len(ws) if isinstance(strides, int) else tuple(strides)
@@ -110,7 +115,7 @@ def MaxPool(
         )
         return (), dx
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})
 
 
 def _valid_counts(spatial, pads, ws, st, out) -> np.ndarray:
@@ -159,7 +164,7 @@ def AvgPool(
         gc = g / divisor(x_shape.value, pads, out, g.dtype)
         return (), sum(_place(gc, a, pads, x_shape.value, st) for a in offsets)
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})
 
 
 def GlobalAvgPool() -> Layer:
@@ -183,4 +188,4 @@ def GlobalAvgPool() -> Layer:
         P = math.prod(shape[1:-1])
         return (), jnp.broadcast_to((g / P)[:, *([None] * (len(shape) - 2)), :], shape)
 
-    return Layer(init, forward, backward, name="GlobalAvgPool")
+    return Layer(init, forward, backward, name="GlobalAvgPool", extras={"diag_hessian": _linear})

@@ -8,6 +8,11 @@ from jaxbp.core import Layer, LayerError, Static
 from jaxbp.layers import _args
 
 
+def _linear(params, res, g):
+    """The ``"diag_hessian"`` extra of a layer linear in its input: no second-derivative residual."""
+    return None
+
+
 def Flatten() -> Layer:
     """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
 
@@ -25,7 +30,7 @@ def Flatten() -> Layer:
         # dx = reshape(g, x.shape)
         return (), g.reshape(x_shape.value)
 
-    return Layer(init, forward, backward, name="Flatten")
+    return Layer(init, forward, backward, name="Flatten", extras={"diag_hessian": _linear})
 
 
 def Reshape(shape: tuple[int, ...]) -> Layer:
@@ -50,4 +55,4 @@ def Reshape(shape: tuple[int, ...]) -> Layer:
         # dx = reshape(g, x.shape)
         return (), g.reshape(x_shape.value)
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
     a("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    a(
+        "--dp-clip",
+        type=ranged(float, 0, lo_open=True),
+        help="DP-SGD (> 0): clip each example's gradient to this norm (ghost clipping)",
+    )
+    a(
+        "--dp-noise",
+        type=ranged(float, 0, lo_open=True),
+        help="DP-SGD (> 0): Gaussian noise multiplier sigma (noise std sigma * clip)",
+    )
+    a(
+        "--dp-delta",
+        type=ranged(float, 0, 1, lo_open=True, hi_open=True),
+        default=1e-5,
+        help="DP-SGD: the delta of the reported epsilon (default 1e-5)",
+    )
     distributed.add_arguments(parser)
 
 
@@ -108,6 +125,8 @@ def resolve(args: argparse.Namespace) -> dict:
         loop=args.loop,
         rule=args.rule,
     )
+    if args.dp_clip is not None or args.dp_noise is not None:
+        cfg.update(dp_clip=args.dp_clip, dp_noise=args.dp_noise, dp_delta=args.dp_delta)
     return cfg
 
 
@@ -121,6 +140,9 @@ def check_flags(args: argparse.Namespace) -> None:
         )
     if args.overwrite and not args.checkpoint_dir:
         raise UsageError("--overwrite needs --checkpoint-dir")
+    dp_flags = (args.dp_clip is not None, args.dp_noise is not None)
+    if any(dp_flags) and (not all(dp_flags) or args.devices not in (None, 1)):
+        raise UsageError("DP-SGD needs both --dp-clip and --dp-noise, on one device")
     if args.data_dir is not None and args.dataset == "digits":
         raise UsageError(
             "--data-dir is for --dataset mnist, fashion-mnist or npz; digits ships with scikit-learn"
@@ -213,6 +235,7 @@ def main(args: argparse.Namespace) -> int:
         f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test, {data.num_classes} classes;"
         f" model {net.name}"
     )
+    step_fn, on_epoch = _dp_parts(cfg, len(data.x_train)) if "dp_clip" in cfg else (None, None)
     result = fit(
         net,
         data,
@@ -225,7 +248,12 @@ def main(args: argparse.Namespace) -> int:
         config=cfg,
         progress=sys.stderr.isatty() and not args.no_progress,
         log=print,
-        epoch_builder=functools.partial(choose_epoch_builder(net, cfg["loop"]), devices=args.devices),
+        epoch_builder=functools.partial(
+            choose_epoch_builder(net, cfg["loop"]),
+            devices=args.devices,
+            **({"step_fn": step_fn} if step_fn else {}),
+        ),
+        on_epoch=on_epoch,
     )
     plot_error = None
     if args.plot:
@@ -249,10 +277,27 @@ def main(args: argparse.Namespace) -> int:
             "rule": cfg["rule"],
             "alignment": rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
         }
+        if "dp_clip" in cfg:
+            summary["epsilon"] = result.history["epsilon"][-1] if result.history.get("epsilon") else 0.0
         print(json.dumps(_finite_or_null(summary), allow_nan=False))
     if plot_error:
         raise plot_error
     return 0
+
+
+def _dp_parts(cfg: dict, n_train: int) -> tuple[Callable, Callable]:
+    """DP-SGD's train step and the per-epoch privacy report (epsilon at ``--dp-delta``)."""
+    from jaxbp.quantities import dp
+
+    step_fn = functools.partial(dp.dp_train_step_fn, clip=cfg["dp_clip"], noise=cfg["dp_noise"])
+    per_epoch = n_train // cfg["batch_size"]
+
+    def on_epoch(e, history):
+        eps = dp.epsilon(cfg["dp_noise"], cfg["batch_size"], n_train, e * per_epoch, cfg["dp_delta"])
+        history.setdefault("epsilon", []).append(eps)
+        print(f"privacy after epoch {e}: epsilon {eps:.3f} at delta {cfg['dp_delta']:g}")
+
+    return step_fn, on_epoch
 
 
 def _finite_or_null(d: dict[str, Any]) -> dict[str, Any]:

@@ -53,10 +53,18 @@ def _all_finite(tree) -> jax.Array:
 
 
 def _parts(
-    net: Layer, loss: Loss, optimizer: optax.GradientTransformation, batch_size: int, devices: int | None
+    net: Layer,
+    loss: Loss,
+    optimizer: optax.GradientTransformation,
+    batch_size: int,
+    devices: int | None,
+    step_fn: Callable | None = None,
 ):
     """(shuffle, guarded step, flow) shared by both builders; all traceable."""
-    step, _ = train_step_fn_for(net, loss, optimizer, devices)
+    if step_fn is not None:  # another step of train_step_fn's signature (DP-SGD: jaxbp.quantities.dp)
+        step = step_fn(net, loss, optimizer)
+    else:
+        step, _ = train_step_fn_for(net, loss, optimizer, devices)
 
     def shuffle(ts: TrainState, n: int):
         # key -> (next key, shuffle key); the last partial batch is dropped (a new one each epoch)
@@ -84,6 +92,7 @@ def make_epoch(
     batch_size: int,
     tick: Callable[[Any], None] | None = None,
     devices: int | None = 1,
+    step_fn: Callable | None = None,
 ) -> Callable:
     """The whole epoch as one compiled program: ``lax.scan`` of the train step over the batches.
 
@@ -92,11 +101,12 @@ def make_epoch(
       batch_size: examples per step.
       tick: called as ``tick(i)`` from the device every ~2% of the batches (progress bars).
       devices: data-parallel over this many devices (None: all); 1 is the plain step.
+      step_fn: ``(net, loss, optimizer) -> step`` replacing the train step (e.g. DP-SGD).
 
     Returns:
       ``epoch(ts, x, y, probe) -> EpochOut`` with ``ts`` donated; ``probe = (x, target, key)``.
     """
-    shuffle, guarded, flow = _parts(net, loss, optimizer, batch_size, devices)
+    shuffle, guarded, flow = _parts(net, loss, optimizer, batch_size, devices, step_fn)
 
     def epoch(ts: TrainState, x, y, probe) -> EpochOut:
         before = flow(ts, probe)
@@ -128,12 +138,13 @@ def make_epoch_loop(
     batch_size: int,
     tick: Callable[[Any], None] | None = None,
     devices: int | None = 1,
+    step_fn: Callable | None = None,
 ) -> Callable:
     """The epoch as a Python loop over one compiled, donated step (for steps slow inside loop bodies).
 
     Same arguments and result as :func:`make_epoch`; ``tick(i)`` is called after every batch.
     """
-    shuffle, guarded, flow = _parts(net, loss, optimizer, batch_size, devices)
+    shuffle, guarded, flow = _parts(net, loss, optimizer, batch_size, devices, step_fn)
     start = jax.jit(lambda ts, probe, n: (*shuffle(ts, n), flow(ts, probe)), static_argnums=2)
     step = jax.jit(guarded, donate_argnums=0)
     end = jax.jit(flow)

@@ -1,0 +1,24 @@
+"""More from one backward: per-example gradients, their norms, variance and curvature.
+
+:func:`value_grad_and` walks the network with :func:`jaxbp.combinators.walk_backward` and asks each
+leaf for hand-written contributions in ``Layer.extras`` (keys in :mod:`jaxbp.quantities.extras`).
+Scalings follow BackPACK for a mean-reduced loss over N examples:
+
+* ``batch_grad``: the gradient of example n's share of the loss, ``∇ℓ_n / N``; sums to the gradient.
+* ``batch_l2``: ``||batch_grad_n||²`` per example, shape (N,) per param.
+* ``sum_grad_squared``: ``sum_n batch_grad_n²``; ``variance``: ``sgs / N - (grad / N)²``.
+* ``diag_ggn`` / ``diag_ggn_mc``: the diagonal of ``(1/N) sum_n J_nᵀ H_n J_n`` (exact / one MC sample).
+* ``kflr`` / ``kfac``: per Dense/Conv param ``(A, G)`` with ``A = sum x xᵀ / N`` and ``G`` from the
+  exact / MC factor of the loss Hessian; the block of ``W (in, out)`` is approximated by ``A ⊗ G``.
+* ``diag_hessian``: the diagonal of the Hessian of the loss wrt the params.
+
+:func:`dp_train_step_fn` (in :mod:`jaxbp.quantities.dp`) trains with DP-SGD by ghost clipping.
+"""
+
+from jaxbp.quantities.api import value_grad_and as value_grad_and
+from jaxbp.quantities.dp import dp_train_step_fn as dp_train_step_fn
+from jaxbp.quantities.dp import epsilon as epsilon
+from jaxbp.quantities.engine import NAMES as NAMES
+from jaxbp.quantities.extras import Kron as Kron
+
+__all__ = ["NAMES", "Kron", "dp_train_step_fn", "epsilon", "value_grad_and"]

@@ -1,0 +1,106 @@
+"""Building blocks for the quantity extras that layers define next to their backwards.
+
+A layer opts into :func:`jaxbp.quantities.value_grad_and` by putting hand-written functions into
+``Layer.extras`` (a loss into ``Loss.extras``) under these keys:
+
+``"batch_grad"(params, res, g) -> per-example dparams``
+    each leaf of ``dparams`` with a leading batch axis; ``g`` is the cotangent of the
+    *mean-reduced* loss, so the per-example gradients sum to ``backward``'s ``dparams``.
+``"batch_l2"(params, res, g) -> per-leaf (B,)``
+    squared norms of the per-example gradients, ideally without forming them (optional:
+    taken from ``"batch_grad"`` when absent).
+``"sum_grad_squared"(params, res, g) -> per-leaf sum over the batch of the squared per-example
+    gradients`` (optional, likewise).
+``"kfac"(params, res, g) -> per-leaf Kron(A, G)``
+    the Kronecker factors of one backpropagated column ``g`` of the loss Hessian's square root:
+    ``A`` from the input (or None, e.g. for a bias), ``G`` the outer products of ``g``.
+``"diag_hessian"(params, res, g) -> r or None``
+    the layer's second-derivative residual wrt its input, ``r = g ⊙ f''(x)`` for an element-wise
+    ``f`` (same shape as ``x``), None for a layer linear in its input and its params.
+``Loss.extras["sqrt_hessian"](res) -> S`` and ``["sqrt_hessian_mc"](res, key, samples) -> S``
+    ``S`` of shape ``(K, *pred.shape)`` with ``sum_k S_kn S_knᵀ = H_n`` (in expectation for ``_mc``)
+    for every example n, where ``H_n`` is the block of example n of the Hessian of the mean loss
+    wrt ``pred`` (block-diagonal over examples; a column serves all examples at once).
+
+The helpers below are used by several constructors; none calls autodiff.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Kron(NamedTuple):
+    """Kronecker factors of a curvature block: the block of a param ``W (in, out)`` is ``A ⊗ G``.
+
+    ``A`` (in, in) is None for params without an input factor (biases); then the block is ``G``.
+    """
+
+    A: Any
+    G: Any
+
+
+def per_example_backward(backward, params, res, g):
+    """The per-example dparams: ``backward`` vmapped over examples (every array in ``res`` and ``g``
+    has the batch axis first). This is ``jax.vmap`` of a hand-written backward, not autodiff."""
+
+    def one(r, gg):
+        dparams, _ = backward(params, jax.tree.map(lambda a: a[None], r), gg[None])
+        return dparams
+
+    return jax.vmap(one)(res, g)
+
+
+def squared_norms(per_example) -> Any:
+    """Per leaf, the squared norm of each example's slice: (B, ...) -> (B,)."""
+    return jax.tree.map(lambda a: jnp.sum(a.reshape(a.shape[0], -1) ** 2, 1), per_example)
+
+
+def sum_squares(per_example) -> Any:
+    """Per leaf, the sum over the batch of the squared per-example values: (B, ...) -> (...)."""
+    return jax.tree.map(lambda a: jnp.sum(a * a, 0), per_example)
+
+
+def as_sequence(a):
+    """(B, ..., F) -> (B, T, F) with T the product of the middle axes (T = 1 for (B, F))."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
+def outer_l2(x, g):
+    """||x_nᵀ g_n||_F² per example for x (B, T, I) and g (B, T, O), the cheaper way by size.
+
+    Gram ("ghost") form ``sum_{t,t'} (x_t·x_t')(g_t·g_t')`` costs ~T²(I + O) per example, the
+    materialised ``x_nᵀ g_n`` ~T I O; the first is taken when ``T (I + O) <= I O``.
+    """
+    _, T, I = x.shape
+    O = g.shape[-1]
+    if T == 1:
+        return jnp.sum(x[:, 0] ** 2, -1) * jnp.sum(g[:, 0] ** 2, -1)
+    if T * (I + O) <= I * O:
+        return jnp.einsum("bts,bts->b", jnp.einsum("bti,bsi->bts", x, x), jnp.einsum("bto,bso->bts", g, g))
+    return jnp.sum(jnp.einsum("bti,bto->bio", x, g) ** 2, (1, 2))
+
+
+def mean_outer(x, n: int):
+    """``sum_{b,t} x_bt x_btᵀ / n`` for x (B, T, I): the input factor A of KFAC."""
+    return jnp.einsum("bti,btj->ij", x, x) / n
+
+
+def summed_outer(g):
+    """``sum_b (sum_t g_bt)(sum_t g_bt)ᵀ`` for g (B, T, O): the output factor G of one column."""
+    s = g.sum(1)
+    return s.T @ s
+
+
+def batch_size_of(res_leaf) -> int:
+    """The leading (batch) axis of an array."""
+    return int(res_leaf.shape[0])
+
+
+def prod(shape) -> int:
+    """``math.prod`` of a shape as a Python int."""
+    return int(math.prod(shape))
