@@ -170,7 +170,8 @@ def test_witness_masks_are_not_program_constants():
         .lower(D)
         .as_text()
     )
-    assert "90300" in text  # the flattened size is there ...
-    assert not [
-        line for line in text.splitlines() if "constant" in line and "90300" in line
-    ]  # ... no literal
+    import re
+
+    assert "90300" in text  # the flattened size is there, but no constant array of that size
+    big = [line for line in text.splitlines() if "constant" in line and re.search(r"[<x]90300x", line)]
+    assert not big

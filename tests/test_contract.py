@@ -155,7 +155,8 @@ def test_contract_errors_name_the_path_inside_nested_blocks(key):
     )
     _, params = net.init(key, (2, 5))
     with pytest.raises(
-        jaxbp.errors.ContractError, match=r"^level 1/branch/2 \(Bad\): .*dx has shape \(2, 4\), expected \(2, 6\)"
+        jaxbp.errors.ContractError,
+        match=r"^level 1/branch/2 \(Bad\): .*dx has shape \(2, 4\), expected \(2, 6\)",
     ):
         jaxbp.value_and_grad(net, jaxbp.SoftmaxCrossEntropy())(params, jnp.ones((2, 5)), jnp.zeros(2, int))
     par = jaxbp.serial(jaxbp.FanOut(2), jaxbp.parallel(jaxbp.Dense(4), bad), jaxbp.FanInSum())

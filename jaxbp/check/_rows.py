@@ -32,8 +32,11 @@ def default_rtol(dtype, size: int) -> float:
 
 
 def ratio(err, bound):
-    """``err / bound``, with 0/0 = 0 and x/0 = inf."""
-    return np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
+    """``err / bound``, with 0/0 = 0 and x/0 = inf; NaN when either is NaN (a non-finite value: a failure)."""
+    err, bound = np.asarray(err, np.float64), np.asarray(bound, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
+    return np.where(np.isnan(err) | np.isnan(bound), np.nan, r)
 
 
 def _nonfinite_note(s, j: int) -> np.ndarray:
