@@ -264,6 +264,7 @@ def fit(
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[int, dict], None] | None = None,
     epoch_builder: Callable | None = None,
+    devices: int | None = None,
 ) -> FitResult:
     """Train ``net`` on ``data`` with the hand-written backward.
 
@@ -285,6 +286,10 @@ def fit(
       on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's checkpoint.
       epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :mod:`jaxbp.train.epoch`);
         default :func:`~jaxbp.train.epoch.choose_epoch_builder`'s pick.
+      devices: the data-parallel device count the epoch builder was built for (``--devices``); when
+        more than one, the train state is replicated over them before the first epoch, so it enters
+        every epoch with one sharding and the epoch compiles once (not again in epoch 2). None: the
+        ``devices`` keyword of a ``functools.partial`` builder, else 1.
 
     Returns:
       A :class:`FitResult`.
@@ -325,6 +330,7 @@ def fit(
         config=config,
     )
     epoch_fn, holder = _epoch_function(run, optimizer, batch_size, epoch_builder, progress)
+    ts = _placed(ts, devices if devices is not None else _builder_devices(epoch_builder))
     epoch_seconds = []
     for e in range(start + 1, epochs + 1):
         te = time.perf_counter()
@@ -342,6 +348,25 @@ def fit(
         seconds=time.perf_counter() - t0,
         steps_per_second=run.num_batches * len(timed) / sum(timed) if timed else 0.0,
     )
+
+
+def _builder_devices(epoch_builder) -> int | None:
+    keywords = getattr(epoch_builder, "keywords", None) or {}
+    return keywords.get("devices", 1)
+
+
+def _placed(ts, devices: int | None):
+    """``ts`` replicated over the data-parallel mesh of ``devices`` (unchanged for one device).
+
+    The epoch returns the state replicated over the mesh; a state still on one device would make
+    the second epoch a new compilation (the first one's input sharding differs).
+    """
+    from jaxbp.distributed import make_mesh, replicate
+
+    if devices == 1:
+        return ts
+    mesh = make_mesh(devices)
+    return ts if mesh.devices.size == 1 else replicate(mesh, ts)
 
 
 def _raise_nonfinite(net, loss, ts, xb, yb, epoch, batch, value, checkpoint_dir) -> None:
