@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxbp.combinators import check_contract, input_spec
+from jaxbp.contract import check_contract, input_spec
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_combinator, is_stateful
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
+from jaxbp.contract import Path, check_contract, contract_error, input_spec, path_str
 from jaxbp.core import (
     Layer,
     Static,
@@ -32,13 +33,6 @@ from jaxbp.core import (
 )
 from jaxbp.errors import ContractError, LayerError
 
-Path = tuple[str, ...]
-
-
-def path_str(path: Path) -> str:
-    """A level path as text: ``("3", "branch", "1")`` -> ``"3/branch/1"``; a lone layer's path is ``"0"``."""
-    return "/".join(path) or "0"
-
 
 @contextlib.contextmanager
 def at_level(index: int, layer: Layer, kind: str = "level", seg: str | None = None) -> Iterator[None]:
@@ -50,71 +44,9 @@ def at_level(index: int, layer: Layer, kind: str = "level", seg: str | None = No
     try:
         yield
     except ContractError as e:
-        raise _contract_error((seg if seg is not None else str(index), *e.path), e.layer, e.detail) from None
+        raise contract_error((seg if seg is not None else str(index), *e.path), e.layer, e.detail) from None
     except (LayerError, ValueError, TypeError) as e:
         raise LayerError(f"{kind} {index} ({layer_name(layer)}): {e}") from e
-
-
-def _contract_error(path: Path, layer: str, detail: str) -> ContractError:
-    err = ContractError(f"level {path_str(path)} ({layer}): its backward broke the contract: {detail}")
-    err.path, err.layer, err.detail = path, layer, detail
-    return err
-
-
-def input_spec(x) -> Static:
-    """The tree structure, shapes and dtypes of a level's input, kept in ``res`` for the contract check."""
-    leaves, treedef = jax.tree.flatten(x)
-    return Static((treedef, tuple((tuple(jnp.shape(a)), jnp.result_type(a)) for a in leaves)))
-
-
-def contract_problems(params, dparams, spec: Static | None, dx) -> list[str]:
-    """What is wrong with a backward's ``(dparams, dx)`` (empty when nothing is).
-
-    ``dparams`` must have exactly the tree structure, shapes and dtypes of ``params``; ``dx`` those
-    of the level's input (``spec`` from :func:`input_spec`; not checked when the input has
-    non-floating leaves, e.g. token ids, or when ``spec`` is None).
-    """
-    out = _tree_problems("dparams", dparams, params)
-    if spec is not None:
-        treedef, leaves = spec.value
-        if all(jnp.issubdtype(d, jnp.inexact) for _, d in leaves):
-            want = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-            out += _tree_problems("dx", dx, want)
-    if out and jax.tree.leaves(params) and not _tree_problems("dparams", dx, params):
-        out.append("(did the backward return (dx, dparams) instead of (dparams, dx)?)")
-    return out
-
-
-def _tree_problems(what: str, got, want) -> list[str]:
-    if jax.tree.structure(got) != jax.tree.structure(want):
-        return [f"{what} has tree structure {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"]
-    out = []
-    for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True):
-        where = what + jax.tree_util.keystr(path)
-        if not hasattr(g, "shape") or not hasattr(g, "dtype"):
-            out.append(f"{where} is {type(g).__name__}, expected an array of shape {tuple(w.shape)}")
-        elif tuple(g.shape) != tuple(w.shape):
-            out.append(f"{where} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
-        elif jnp.dtype(g.dtype) != jnp.dtype(w.dtype):
-            out.append(f"{where} has dtype {jnp.dtype(g.dtype)}, expected {jnp.dtype(w.dtype)}")
-    return out
-
-
-def check_contract(seg: str | None, layer: Layer, params, spec: Static | None, result) -> tuple:
-    """Raise :class:`~jaxbp.errors.ContractError` at level ``seg`` (None: the network itself) unless
-    ``result`` is a valid ``(dparams, dx)`` for ``params`` and the input ``spec``; return it.
-
-    Only shapes, dtypes and tree structures are compared, at trace time: no run-time cost.
-    """
-    path = () if seg is None else (seg,)
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise _contract_error(
-            path, layer_name(layer), f"backward returned {type(result).__name__}, expected (dparams, dx)"
-        )
-    problems = contract_problems(params, result[0], spec, result[1])
-    if problems:
-        raise _contract_error(path, layer_name(layer), "; ".join(problems))
-    return result
 
 
 def _check_children(kind: str, layers) -> tuple[Layer, ...]:
@@ -562,13 +494,9 @@ __all__ = [
     "Residual",
     "at_branch",
     "at_level",
-    "check_contract",
-    "contract_problems",
-    "input_spec",
     "leaves",
     "parallel",
     "path_order",
-    "path_str",
     "serial",
     "walk_backward",
     "walk_forward",

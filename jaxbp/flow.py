@@ -15,7 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp.combinators import path_order, path_str, walk_backward, walk_forward
+from jaxbp.combinators import path_order, walk_backward, walk_forward
+from jaxbp.contract import path_str
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, layer_name
 
 

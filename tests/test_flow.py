@@ -92,7 +92,8 @@ def test_locate_nonfinite(key):
 def _flow_oracle(net, loss, params, x, t):
     """(path, ‖dL/dx‖, ‖dL/dω‖) of every leaf by jax.grad with respect to a zero added at its output
     (dL/dy of the leaf) pulled back through jax.vjp of the leaf's forward."""
-    from jaxbp.combinators import path_str, walk_forward
+    from jaxbp.combinators import walk_forward
+    from jaxbp.contract import path_str
 
     seen = {}
 

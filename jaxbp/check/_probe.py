@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.check._witness import cast, is_float, witness_stats
-from jaxbp.combinators import path_str, walk_forward
+from jaxbp.combinators import walk_forward
+from jaxbp.contract import path_str
 from jaxbp.core import Layer, Static, apply, is_combinator, layer_name
 from jaxbp.errors import ContractError
 

@@ -26,7 +26,8 @@ from jaxbp.check._probe import Top, probe
 from jaxbp.check._rows import FD_RTOL, build_report, default_rtol, ratio
 from jaxbp.check._witness import cast, inner
 from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.combinators import path_str, walk_forward
+from jaxbp.combinators import walk_forward
+from jaxbp.contract import path_str
 from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful, layer_name
 from jaxbp.step import TrainState, train_step_fn
 

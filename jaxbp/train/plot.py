@@ -36,7 +36,7 @@ def plot_history(history: dict, path: str | os.PathLike) -> None:
     for a, norms, title in ((ax[1, 0], dx, "log10 ‖dL/dx^n‖"), (ax[1, 1], dp, "log10 ‖dL/dω^n‖")):
         with np.errstate(divide="ignore"):
             im = a.imshow(np.log10(norms), aspect="auto", origin="lower", interpolation="nearest")
-        a.set(title=title + " per level (probe batch)", xlabel="epoch (0 = before training)", ylabel="level path")
+        a.set(title=title + " per level (probe batch)", xlabel="epoch (0 = before training)", ylabel="level")
         a.set_yticks(range(len(names)), names, fontsize=7)
         fig.colorbar(im, ax=a)
     fig.savefig(path, dpi=110)
