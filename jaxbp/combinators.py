@@ -472,14 +472,14 @@ def Residual(layer: Layer) -> Layer:
         with at_branch(0, layer, seg="branch"):
             f, res, new_state = visit("branch", layer, params, x, state=state, key=key, train=train)
         check(x.shape, f.shape)
-        return x + f, (res, input_spec(x)), new_state
+        return x + f, res, new_state
 
     def backward(visit, params, res, g):
         # dx = g + dx_f;  (dω, dx_f) = backward_f(ω, res, g)   — the fork rule at x
-        res, spec = res
         with at_branch(0, layer, seg="branch"):
             out = visit("branch", layer, params, res, g)
-        dparams, dx_f = check_contract("branch", layer, params, spec, out)
+        # res is the branch's own (Residual adds nothing); x has the shape of y, so of g
+        dparams, dx_f = check_contract("branch", layer, params, input_spec(g, dtypes=False), out)
         return dparams, g + dx_f
 
     state_init = state_init if is_stateful(layer) else None

@@ -31,10 +31,15 @@ def contract_error(path: Path, layer: str, detail: str) -> ContractError:
     return err
 
 
-def input_spec(x) -> Static:
-    """The tree structure, shapes and dtypes of a level's input, kept in ``res`` for the contract check."""
+def input_spec(x, *, dtypes: bool = True) -> Static:
+    """The tree structure, shapes and dtypes of a level's input, kept in ``res`` for the contract check.
+
+    ``dtypes=False`` leaves the dtypes unchecked (``Residual`` takes the shape from the cotangent).
+    """
     leaves, treedef = jax.tree.flatten(x)
-    return Static((treedef, tuple((tuple(jnp.shape(a)), jnp.result_type(a)) for a in leaves)))
+    return Static(
+        (treedef, tuple((tuple(jnp.shape(a)), jnp.result_type(a) if dtypes else None) for a in leaves))
+    )
 
 
 def contract_problems(params, dparams, spec: Static | None, dx) -> list[str]:
@@ -47,15 +52,15 @@ def contract_problems(params, dparams, spec: Static | None, dx) -> list[str]:
     out = _tree_problems("dparams", dparams, params)
     if spec is not None:
         treedef, leaves = spec.value
-        if all(jnp.issubdtype(d, jnp.inexact) for _, d in leaves):
-            want = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in leaves])
-            out += _tree_problems("dx", dx, want)
+        if all(d is None or jnp.issubdtype(d, jnp.inexact) for _, d in leaves):
+            want = treedef.unflatten([jax.ShapeDtypeStruct(s, d or jnp.float32) for s, d in leaves])
+            out += _tree_problems("dx", dx, want, dtypes=all(d is not None for _, d in leaves))
     if out and jax.tree.leaves(params) and not _tree_problems("dparams", dx, params):
         out.append("(did the backward return (dx, dparams) instead of (dparams, dx)?)")
     return out
 
 
-def _tree_problems(what: str, got, want) -> list[str]:
+def _tree_problems(what: str, got, want, dtypes: bool = True) -> list[str]:
     if jax.tree.structure(got) != jax.tree.structure(want):
         return [f"{what} has tree structure {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"]
     out = []
@@ -65,7 +70,7 @@ def _tree_problems(what: str, got, want) -> list[str]:
             out.append(f"{where} is {type(g).__name__}, expected an array of shape {tuple(w.shape)}")
         elif tuple(g.shape) != tuple(w.shape):
             out.append(f"{where} has shape {tuple(g.shape)}, expected {tuple(w.shape)}")
-        elif jnp.dtype(g.dtype) != jnp.dtype(w.dtype):
+        elif dtypes and jnp.dtype(g.dtype) != jnp.dtype(w.dtype):
             out.append(f"{where} has dtype {jnp.dtype(g.dtype)}, expected {jnp.dtype(w.dtype)}")
     return out
 

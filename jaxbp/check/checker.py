@@ -7,7 +7,8 @@ and central finite differences in float64 (see :mod:`jaxbp.check._witness`). It 
 float64 (x64 switched on for the duration and restored) and in the layer's own dtype,
 with tolerances from the dtype's epsilon and the size of the computation.
 
-:func:`check_network` checks every level of a ``serial`` network in place, on the
+:func:`check_network` checks every level of a network in place -- every leaf, wherever it sits
+(inside ``serial``, ``Residual``, ``parallel``, nested), named by its path such as ``3/branch/1`` -- on the
 activations and cotangents that really reach it, plus the loss and the end-to-end
 gradient, and names the level where the error starts. :func:`check_sgd_step` compares
 one full optax step. This module and its helpers are the only library code that calls
@@ -62,7 +63,11 @@ def check_layer(
     float64 (x64 is switched on for the call and restored) with vjp, jvp-dot-product and
     finite-difference witnesses, and again in the layer's own dtype with the vjp witness
     (tolerance from its epsilon).
-    A ``serial`` layer is also checked level by level, so the report names the level.
+    A network (``serial``, ``Residual``, ``parallel``, nested) is checked leaf by leaf in place and
+    end to end, so the report names the level path. A leaf with ``extras["check_forward"]`` is
+    checked against the autodiff VJP of that function instead of its forward (a backward rule that
+    is not the gradient by design), without finite differences. A non-finite hand-written value
+    where the reference is finite (or the reverse) fails.
 
     Args:
       layer: any :class:`~jaxbp.core.Layer`, built-in or user-written.
@@ -79,13 +84,20 @@ def check_layer(
 
     Returns:
       A :class:`~jaxbp.check.report.CheckReport`.
+
+    Raises:
+      UsageError: ``seeds`` < 1, a negative or non-finite ``rtol``/``atol``, a bad ``input_shape``,
+        or a layer too large to check in this machine's memory (before anything is compiled).
     """
     _setup.check_arguments("check_layer", seeds=seeds, rtol=rtol, atol=atol)
     shape = _setup.check_shape("check_layer", input_shape)
     key = jax.random.PRNGKey(0) if key is None else key
     make_input = make_input or jax.random.normal
     abstract_params = jax.eval_shape(lambda k: layer.init(k, shape)[1], jax.random.PRNGKey(0))
-    _setup.check_size("check_layer", (abstract_params, jax.ShapeDtypeStruct(shape, jnp.float64)), seeds)
+    inputs = shape if shape and isinstance(shape[0], tuple) else (shape,)  # one shape or a tuple of them
+    _setup.check_size(
+        "check_layer", (abstract_params, [jax.ShapeDtypeStruct(s, jnp.float64) for s in inputs]), seeds
+    )
     native = jnp.dtype(dtype) if dtype is not None else _setup.native_dtype(abstract_params)
     dtypes = _setup.passes(native)
     with jax.enable_x64(True):
@@ -159,7 +171,7 @@ def check_network(
     at and below it are marked ``follows``.
 
     Args:
-      net: the network (a ``serial``; any other layer is checked as one level).
+      net: any network (each leaf is a level, named by its path) or a single layer.
       loss: the loss on top.
       params: the network's params.
       x: the input batch.
