@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful
+from jaxbp.contract import check_contract, input_spec
+from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_combinator, is_stateful
 
 
 def forward_backward(
@@ -33,11 +34,19 @@ def forward_backward(
     Returns:
       ``(loss_value, grads, new_state)``; ``grads`` has the structure of ``params``.
       dL/dx of the bottom level is discarded, so under ``jax.jit`` XLA never computes it.
+
+    Raises:
+      ContractError: at trace time, when a level's backward returns dparams or dx whose tree
+        structure, shapes or dtypes differ from its params' and input's (combinators check their
+        levels; a network that is a single layer is checked here). Nothing is updated.
     """
     y, res, new_state = apply(net, params, x, state=state, key=key, train=train)
     value, loss_res = loss.forward(y, target)
     g = loss.backward(loss_res)  # dL/dx^{N}: the cotangent entering the top level
-    grads, _ = net.backward(params, res, g)
+    out = net.backward(params, res, g)
+    if not is_combinator(net):
+        out = check_contract(None, net, params, input_spec(x), out)
+    grads, _ = out
     return value, grads, new_state
 
 

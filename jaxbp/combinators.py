@@ -20,9 +20,9 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 
+from jaxbp.contract import Path, check_contract, contract_error, input_spec, path_str
 from jaxbp.core import (
     Layer,
-    LayerError,
     Static,
     Walk,
     apply,
@@ -31,15 +31,34 @@ from jaxbp.core import (
     layer_name,
     output_shape,
 )
+from jaxbp.errors import ContractError, LayerError
 
 
 @contextlib.contextmanager
-def at_level(index: int, layer: Layer, kind: str = "level") -> Iterator[None]:
-    """Re-raise shape and type errors from inside a level (or branch) with its index and name."""
+def at_level(index: int, layer: Layer, kind: str = "level", seg: str | None = None) -> Iterator[None]:
+    """Re-raise shape and type errors from inside a level (or branch) with its index and name.
+
+    A :class:`~jaxbp.errors.ContractError` instead gets ``seg`` (default ``str(index)``) prepended
+    to its level path, so it names the leaf whose backward broke the contract: ``level 3/branch/1``.
+    """
     try:
         yield
+    except ContractError as e:
+        raise contract_error((seg if seg is not None else str(index), *e.path), e.layer, e.detail) from None
     except (LayerError, ValueError, TypeError) as e:
         raise LayerError(f"{kind} {index} ({layer_name(layer)}): {e}") from e
+
+
+def _check_children(kind: str, layers) -> tuple[Layer, ...]:
+    """Refuse anything but Layers as children, naming the position."""
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            what = getattr(layer, "__name__", None) or type(layer).__name__
+            raise LayerError(
+                f"{kind}: argument {i} is {what!s:.60} ({type(layer).__name__}), not a Layer; build layers"
+                " with their constructors (jaxbp.Dense(4)) or jaxbp.Layer(init, forward, backward)"
+            )
+    return tuple(layers)
 
 
 def _check_levels(name: str, layers: tuple[Layer, ...], params) -> None:
@@ -76,9 +95,6 @@ def _combinator(kind: str, name: str, layers: tuple[Layer, ...], init, walk: Wal
             return walk.forward(_forward_child, params, x, state=state, key=key, train=train)
 
     return Layer(init, forward, backward, state_init, name=name, layers=layers, kind=kind, walk=walk)
-
-
-Path = tuple[str, ...]
 
 
 def walk_backward(net: Layer, params, res, g, leaf, path: Path = ()):
@@ -129,6 +145,42 @@ def walk_forward(net: Layer, params, x, leaf, *, state=(), key=None, train: bool
     return net.walk.forward(visit, params, x, state=state, key=key, train=train)
 
 
+def path_order(path: str) -> tuple:
+    """Sort key of a level path: segments compared as numbers where they are numbers (``"10"`` after ``"9"``).
+
+    For ``serial``, ``parallel`` and ``Residual`` this is the order in which the forward visits the leaves.
+    """
+    return tuple((0, int(seg), "") if seg.isdigit() else (1, 0, seg) for seg in path.split("/"))
+
+
+def leaves(net: Layer, input_shape, dtype=jnp.float32) -> list[tuple[str, Layer]]:
+    """Every leaf of ``net`` with its level path (see :func:`path_str`), in the order the forward visits them.
+
+    Runs :func:`walk_forward` abstractly (``jax.eval_shape``): nothing is computed or allocated.
+
+    Args:
+      net: any network a user can build.
+      input_shape: the input shape (a tuple of shapes for a tuple input).
+      dtype: the input's dtype (an integer dtype for token ids).
+    """
+    found: list[tuple[str, Layer]] = []
+
+    def record(path, layer, params, x, *, state, key, train):
+        found.append((path_str(path), layer))
+        return apply(layer, params, x, state=state, key=key, train=train)
+
+    def is_shape(s):
+        return isinstance(s, (tuple, list)) and all(isinstance(i, int) for i in s)
+
+    def run(key):
+        x = jax.tree.map(lambda s: jnp.zeros(s, dtype), input_shape, is_leaf=is_shape)
+        params = net.init(key, input_shape)[1]
+        walk_forward(net, params, x, record, state=init_state(net, input_shape), key=key, train=True)
+
+    jax.eval_shape(run, jax.random.PRNGKey(0))
+    return found
+
+
 def serial(*layers: Layer) -> Layer:
     """Compose layers left to right; params, res and state are tuples with one entry per level.
 
@@ -142,7 +194,7 @@ def serial(*layers: Layer) -> Layer:
     Returns:
       A :class:`Layer` of kind ``"serial"``; stateful if any level is.
     """
-    layers = tuple(layers)
+    layers = _check_children("serial", layers)
     n = len(layers)
     name = "serial(" + ", ".join(layer_name(l) for l in layers) + ")"
     stateful = any(is_stateful(l) for l in layers)
@@ -170,9 +222,10 @@ def serial(*layers: Layer) -> Layer:
         res, new_state = [], []
         for i, (layer, p, s) in enumerate(zip(layers, params, state if stateful else ((),) * n, strict=True)):
             k = None if key is None else jax.random.fold_in(key, i)
+            spec = input_spec(x)
             with at_level(i, layer):
                 x, r, s = visit(str(i), layer, p, x, state=s, key=k, train=train)
-            res.append(r)
+            res.append((r, spec))
             new_state.append(s)
         return x, tuple(res), tuple(new_state) if stateful else ()
 
@@ -180,8 +233,10 @@ def serial(*layers: Layer) -> Layer:
         # for n = N-1 ... 0:  (dω^n, g) = backward^n(ω^n, res^n, g)   — g is dL/dx^n on exit
         grads = [None] * n
         for i in reversed(range(n)):
+            r, spec = res[i]
             with at_level(i, layers[i]):
-                grads[i], g = visit(str(i), layers[i], params[i], res[i], g)
+                out = visit(str(i), layers[i], params[i], r, g)
+            grads[i], g = check_contract(str(i), layers[i], params[i], spec, out)
         return tuple(grads), g
 
     return _combinator(
@@ -307,9 +362,9 @@ def FanInConcat(axis: int = -1) -> Layer:
     return Layer(init, forward, backward, name=name)
 
 
-def at_branch(index: int, layer: Layer):
+def at_branch(index: int, layer: Layer, seg: str | None = None):
     """Re-raise shape and type errors from inside a branch with the branch's index and name."""
-    return at_level(index, layer, kind="branch")
+    return at_level(index, layer, kind="branch", seg=seg)
 
 
 def _check_branches(name: str, n: int, tree, what: str) -> None:
@@ -329,7 +384,7 @@ def parallel(*layers: Layer) -> Layer:
       per branch; stateful if any branch is. Branch i gets ``fold_in(key, i)``; its path segment
       is ``str(i)``.
     """
-    layers = tuple(layers)
+    layers = _check_children("parallel", layers)
     n = len(layers)
     name = "parallel(" + ", ".join(layer_name(l) for l in layers) + ")"
     stateful = any(is_stateful(l) for l in layers)
@@ -364,7 +419,7 @@ def parallel(*layers: Layer) -> Layer:
             with at_branch(i, layer):
                 y, r, s = visit(str(i), layer, p, x, state=s, key=k, train=train)
             ys.append(y)
-            res.append(r)
+            res.append((r, input_spec(x)))
             new_state.append(s)
         return tuple(ys), tuple(res), tuple(new_state) if stateful else ()
 
@@ -373,8 +428,10 @@ def parallel(*layers: Layer) -> Layer:
         g = _arrays_of(name, g, n)
         grads, dxs = [], []
         for i, layer in enumerate(layers):
+            r, spec = res[i]
             with at_branch(i, layer):
-                dp, dx = visit(str(i), layer, params[i], res[i], g[i])
+                out = visit(str(i), layer, params[i], r, g[i])
+            dp, dx = check_contract(str(i), layer, params[i], spec, out)
             grads.append(dp)
             dxs.append(dx)
         return tuple(grads), tuple(dxs)
@@ -389,6 +446,7 @@ def Residual(layer: Layer) -> Layer:
 
     A combinator of kind ``"residual"``; the branch's path segment is ``"branch"``.
     """
+    (layer,) = _check_children("Residual", (layer,))
     name = f"Residual({layer_name(layer)})"
 
     def check(x_shape, y_shape):
@@ -411,15 +469,17 @@ def Residual(layer: Layer) -> Layer:
         return state
 
     def forward(visit, params, x, *, state, key, train):
-        with at_branch(0, layer):
+        with at_branch(0, layer, seg="branch"):
             f, res, new_state = visit("branch", layer, params, x, state=state, key=key, train=train)
         check(x.shape, f.shape)
         return x + f, res, new_state
 
     def backward(visit, params, res, g):
         # dx = g + dx_f;  (dω, dx_f) = backward_f(ω, res, g)   — the fork rule at x
-        with at_branch(0, layer):
-            dparams, dx_f = visit("branch", layer, params, res, g)
+        with at_branch(0, layer, seg="branch"):
+            out = visit("branch", layer, params, res, g)
+        # res is the branch's own (Residual adds nothing); x has the shape of y, so of g
+        dparams, dx_f = check_contract("branch", layer, params, input_spec(g, dtypes=False), out)
         return dparams, g + dx_f
 
     state_init = state_init if is_stateful(layer) else None
@@ -434,7 +494,9 @@ __all__ = [
     "Residual",
     "at_branch",
     "at_level",
+    "leaves",
     "parallel",
+    "path_order",
     "serial",
     "walk_backward",
     "walk_forward",

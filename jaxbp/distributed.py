@@ -16,7 +16,10 @@ one-device training on the global batch for any device count. Other network stat
 still differs between shards after the step is averaged (floating leaves) before it is
 stored, so the replicated state stays replicated.
 
-Random layers (Dropout) get a per-shard key: the step key folded with the shard index.
+Random layers (Dropout) get a per-shard key: the step key folded with the shard index. The
+shard's step is :func:`jaxbp.step.train_step_fn` itself with a :class:`~jaxbp.step.Reduction`
+(``pmean`` of the gradients, state averaging, per-shard key), so one device and many share
+the key handling and the update.
 
 Several hosts: call ``jax.distributed.initialize`` first; ``jax.devices()`` then lists the
 devices of all processes and the same code runs unchanged (see ``examples/multihost.py``).
@@ -39,9 +42,8 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxbp.backprop import forward_backward
 from jaxbp.core import Array, Layer, LayerError, Loss
-from jaxbp.step import TrainState
+from jaxbp.step import Reduction, TrainState, train_step_fn
 
 AXIS = "batch"  # the name of the data-parallel mesh axis; pass it to BatchNorm(axis_name=...)
 
@@ -140,23 +142,19 @@ def parallel_train_step_fn(
 ) -> Callable:
     """The uncompiled data-parallel step ``(train_state, x, target) -> (train_state, loss)``.
 
-    Same semantics as :func:`jaxbp.step.train_step_fn` on the global batch; ``x`` and
+    It is :func:`jaxbp.step.train_step_fn` itself, run on each shard under ``shard_map`` with a
+    :class:`~jaxbp.step.Reduction` that ``pmean``-s the gradients and the loss over the mesh axis
+    (so the key handling and the update cannot drift from the one-device step); ``x`` and
     ``target`` are split over ``mesh``'s axis, the train state is replicated.
     """
     (axis,) = mesh.axis_names
     n = mesh.devices.size
-
-    def shard_step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
-        key, step_key = jax.random.split(ts.key)
-        shard_key = jax.random.fold_in(step_key, lax.axis_index(axis))  # own dropout masks per shard
-        value, grads, new_state = forward_backward(
-            net, loss, ts.params, x, target, state=ts.state, key=shard_key, train=True
-        )
-        grads, value = lax.pmean((grads, value), axis)  # dL/dω = (1/N) Σ_d dL_d/dω: the all-reduce
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        new_state = _average_varying(new_state, axis)
-        return TrainState(params, opt_state, new_state, key, ts.step + 1), value
+    reduction = Reduction(
+        grads=lambda tree: lax.pmean(tree, axis),
+        state=lambda state: _average_varying(state, axis),
+        key=lambda key: jax.random.fold_in(key, lax.axis_index(axis)),  # own dropout masks per shard
+    )
+    shard_step = train_step_fn(net, loss, optimizer, reduction=reduction)
 
     sharded = jax.shard_map(shard_step, mesh=mesh, in_specs=(P(), P(axis), P(axis)), out_specs=(P(), P()))
 
@@ -191,7 +189,15 @@ def make_parallel_train_step(
       XLA:CPU runs all devices' programs on one thread pool the size of the core count, and
       with several steps in flight a device blocked in step k+1's all-reduce can starve one
       still finishing step k (a rendezvous deadlock, seen with 4 forced devices on 2 cores).
-      A ``lax.scan`` over steps inside one program (a compiled epoch) is not affected.
+      A ``lax.scan`` over steps inside one program (a compiled epoch) is not affected. Cost, measured
+      by ``benchmarks/parallel_step_cpu.py`` (2 forced devices, shared 2-core machine, jax 0.10.2):
+      546 steps/s one step per call with the wait, against 1143 steps/s for the scanned epoch; the
+      same run without the wait deadlocked (XLA aborts after its 40 s rendezvous timeout).
+
+      The ~150x lower step rate once reported for ``train --devices 2`` was not this guard: the
+      training program's second epoch compiled again, because the train state entered the first
+      epoch on one device and came back replicated over the mesh. :func:`jaxbp.train.fit` now
+      replicates it first; steady-state 2-device epochs then run at the scanned-epoch rate.
     """
     mesh = make_mesh() if mesh is None else mesh
     jitted = jax.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
@@ -223,8 +229,6 @@ def train_step_fn_for(
       and that mesh. ``step`` works inside ``jax.jit`` / ``lax.scan`` (a compiled epoch);
       place the train state (and a device-resident data set) with :func:`replicate` first.
     """
-    from jaxbp.step import train_step_fn
-
     mesh = make_mesh(devices)
     if mesh.devices.size == 1:
         return train_step_fn(net, loss, optimizer), None

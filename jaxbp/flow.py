@@ -1,9 +1,11 @@
-"""Gradient flow: the backward walk over a ``serial`` network's levels, exposing every level's gradients.
+"""Gradient flow: the backward walk over a network's levels, exposing every level's gradients.
 
-Level ``n`` (0-based, as in ``serial``'s error messages) maps ``x^n`` to ``x^{n+1}``; ``x^0`` is the
-network's input. The manual backward computes dL/dx^n and dL/dω^n at every level anyway;
-here they are kept (as norms) instead of thrown away. The same walk locates where values
-first become non-finite.
+A *level* is a leaf of the network (a layer that is not a combinator), named by its path:
+``"3"`` for level 3 of a ``serial``, ``"3/branch/1"`` for level 1 inside the residual branch
+of level 3 (see :func:`jaxbp.combinators.leaves`). Level ``n`` in path order maps its input
+``x^n`` to its output; the manual backward computes dL/dx^n and dL/dω^n at every level anyway;
+here they are kept (as norms) instead of thrown away. The same walk locates where values first
+become non-finite.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful, layer_name
+from jaxbp.combinators import path_order, walk_backward, walk_forward
+from jaxbp.contract import path_str
+from jaxbp.core import Array, Layer, Loss, Params, State, apply, layer_name
 
 
 def levels(net: Layer) -> tuple[Layer, ...]:
-    """The levels of ``net``: its ``layers`` for a ``serial`` network, else ``(net,)``."""
-    return net.layers or (net,)
+    """The leaves of ``net`` (its levels) in forward order; ``(net,)`` for a single layer.
 
-
-def _per_level(net: Layer, tree) -> tuple:
-    return tree if net.layers else (tree,)
+    Their paths need the walk: see :func:`jaxbp.combinators.leaves`.
+    """
+    if net.walk is None:
+        return (net,)
+    return tuple(leaf for child in net.layers for leaf in levels(child))
 
 
 def norm(tree) -> Array:
@@ -34,28 +39,31 @@ def norm(tree) -> Array:
 
 
 def backward_with_flow(net: Layer, params: Params, res, g: Array) -> tuple[Params, Array, Array]:
-    """``net.backward`` walked level by level, recording each level's gradient norms.
+    """``net.backward`` walked level by level (:func:`~jaxbp.combinators.walk_backward`), recording norms.
 
     Args:
-      net: a ``serial`` network (any other layer counts as one level).
+      net: any network (a single layer is one level).
       params: its params.
       res: the residuals from its forward.
       g: dL/dy, the cotangent of the network's output.
 
     Returns:
-      ``(grads, dx_norms, dparam_norms)``: ``grads`` as from ``net.backward``; ``dx_norms[n]`` is
-      ‖dL/dx^n‖ (the gradient level n hands down, ``n = 0`` the input's), ``dparam_norms[n]``
-      is ‖dL/dω^n‖ (0 for levels without params). Both have shape ``(N,)``.
+      ``(grads, dx_norms, dparam_norms)``: ``grads`` as from ``net.backward``; for the N levels in
+      path order (:func:`~jaxbp.combinators.path_order`, the forward order), ``dx_norms[n]`` is
+      ‖dL/dx^n‖ (the gradient level n hands down, ``n = 0`` the input's for a ``serial``),
+      ``dparam_norms[n]`` is ‖dL/dω^n‖ (0 for levels without params). Both have shape ``(N,)``.
     """
-    ls = levels(net)
-    ps, rs = _per_level(net, params), _per_level(net, res)
-    grads, dx_norms, dp_norms = [None] * len(ls), [None] * len(ls), [None] * len(ls)
-    for n in reversed(range(len(ls))):
+    seen = {}
+
+    def leaf(path, layer, p, r, gg):
         # (dω^n, dx^n) = backward^n(ω^n, res^n, dx^{n+1});  record ‖dx^n‖, ‖dω^n‖
-        grads[n], g = ls[n].backward(ps[n], rs[n], g)
-        dx_norms[n], dp_norms[n] = norm(g), norm(grads[n])
-    grads = tuple(grads) if net.layers else grads[0]
-    return grads, jnp.stack(dx_norms), jnp.stack(dp_norms)
+        dp, dx = layer.backward(p, r, gg)
+        seen[path_str(path)] = (norm(dx), norm(dp))
+        return dp, dx
+
+    grads, _ = walk_backward(net, params, res, g, leaf)
+    order = sorted(seen, key=path_order)
+    return grads, jnp.stack([seen[p][0] for p in order]), jnp.stack([seen[p][1] for p in order])
 
 
 def flow_norms(
@@ -69,10 +77,13 @@ def flow_norms(
 
 
 class NonFinite(NamedTuple):
-    """Where non-finite values start: ``phase`` is "forward", "loss", "backward" or "update"."""
+    """Where non-finite values start: ``phase`` is "forward", "loss", "backward" or "update".
+
+    ``level`` is the level's path (``"2"``, ``"3/branch/1"``), None for the loss and the update.
+    """
 
     phase: str
-    level: int | None
+    level: str | None
     name: str
 
     def describe(self) -> str:
@@ -106,27 +117,32 @@ def locate_nonfinite(
 
     Forward: the first level whose output is non-finite. Otherwise the loss. Otherwise, walking down
     from the top level, the first level whose gradient (dL/dx^n or dL/dω^n) is non-finite.
-    ``key`` is split across levels exactly as ``serial`` does, so a step is reproduced bit for bit.
+    The walk (:func:`~jaxbp.combinators.walk_forward`) folds ``key`` exactly as the network does,
+    so a step is reproduced bit for bit.
 
     Returns:
       A :class:`NonFinite`, or None when forward and backward are finite throughout.
     """
-    ls = levels(net)
-    ps = _per_level(net, params)
-    ss = _per_level(net, state) if is_stateful(net) else ((),) * len(ls)
-    res = []
-    for n, (layer, p, s) in enumerate(zip(ls, ps, ss, strict=True)):
-        k = jax.random.fold_in(key, n) if key is not None and net.layers else key  # as serial does
-        x, r, _ = apply(layer, p, x, state=s, key=k, train=train)
-        res.append(r)
-        if not _finite(x):
-            return NonFinite("forward", n, layer_name(layer))
-    value, loss_res = loss.forward(x, target)
+    found: list[NonFinite] = []
+
+    def forward_leaf(path, layer, p, xx, *, state, key, train):
+        out = apply(layer, p, xx, state=state, key=key, train=train)
+        if not found and not _finite(out[0]):
+            found.append(NonFinite("forward", path_str(path), layer_name(layer)))
+        return out
+
+    y, res, _ = walk_forward(net, params, x, forward_leaf, state=state, key=key, train=train)
+    if found:
+        return found[0]
+    value, loss_res = loss.forward(y, target)
     if not _finite(value):
         return NonFinite("loss", None, loss.name)
-    g = loss.backward(loss_res)
-    for n in reversed(range(len(ls))):
-        dp, g = ls[n].backward(ps[n], res[n], g)
-        if not (_finite(g) and _finite(dp)):
-            return NonFinite("backward", n, layer_name(ls[n]))
-    return None
+
+    def backward_leaf(path, layer, p, r, g):
+        dp, dx = layer.backward(p, r, g)
+        if not found and not (_finite(dx) and _finite(dp)):
+            found.append(NonFinite("backward", path_str(path), layer_name(layer)))
+        return dp, dx
+
+    walk_backward(net, params, res, loss.backward(loss_res), backward_leaf)
+    return found[0] if found else None

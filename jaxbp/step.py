@@ -19,7 +19,8 @@ class TrainState(NamedTuple):
       params: the network's params.
       opt_state: the optax optimizer state.
       state: the network's state (BatchNorm running statistics), ``()`` when none.
-      key: the PRNG key for random layers; split once per step when the net is stateful.
+      key: the PRNG key for random layers; split once per step when the net is stateful (on one
+        device and on many alike: :func:`train_step_fn` is the one step).
       step: the number of steps taken, an int32 scalar.
     """
 
@@ -56,28 +57,51 @@ def init_train_state(
     return out_shape, ts
 
 
+class Reduction(NamedTuple):
+    """How a data-parallel step combines its shards (:mod:`jaxbp.distributed` builds one); None on one device.
+
+    Attributes:
+      grads: ``(grads, loss_value) -> (grads, loss_value)`` averaged over the shards (``lax.pmean``).
+      state: ``new_state -> new_state`` made equal on every shard again.
+      key: ``step_key -> step_key`` of this shard (so each shard draws its own dropout masks).
+    """
+
+    grads: Callable
+    state: Callable
+    key: Callable
+
+
 def train_step_fn(
     net: Layer,
     loss: Loss,
     optimizer: optax.GradientTransformation,
     *,
     forward_backward: Callable = forward_backward,
+    reduction: Reduction | None = None,
 ) -> Callable:
     """The uncompiled step ``(train_state, x, target) -> (train_state, loss_value)``.
 
     Use it inside larger compiled programs (``lax.scan`` over an epoch of batches);
     :func:`make_train_step` is the same function compiled with its state donated.
     ``forward_backward`` (same signature as :func:`jaxbp.backprop.forward_backward`) is
-    replaceable, so a benchmark can build the identical step on ``jax.grad``.
+    replaceable, so a benchmark can build the identical step on ``jax.grad``. ``reduction``
+    makes it the step of one shard of a data-parallel step
+    (:func:`jaxbp.distributed.parallel_train_step_fn`): the key handling, the forward-backward
+    and the update are this function's on one device and on many.
     """
 
     random = is_stateful(net)  # only stateful nets (Dropout) consume a key: no split otherwise
 
     def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
         key, step_key = jax.random.split(ts.key) if random else (ts.key, None)
+        if reduction is not None and step_key is not None:
+            step_key = reduction.key(step_key)
         value, grads, new_state = forward_backward(
             net, loss, ts.params, x, target, state=ts.state, key=step_key, train=True
         )
+        if reduction is not None:
+            grads, value = reduction.grads((grads, value))  # dL/dω = (1/N) Σ_d dL_d/dω: the all-reduce
+            new_state = reduction.state(new_state)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)  # ω ← ω + update  (sgd: update = -η dL/dω)
         return TrainState(params, opt_state, new_state, key, ts.step + 1), value

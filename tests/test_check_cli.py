@@ -54,9 +54,51 @@ def test_unknown_layer_and_missing_shape(tmp_path, monkeypatch, capsys):
     assert "unknown layer" in capsys.readouterr().err
     (tmp_path / "user_layers2.py").write_text(BUGGY)
     monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        main(["check", "user_layers2:make_layer"])
-    except SystemExit as e:
-        assert "--input-shape is required" in str(e)
-    else:
-        raise AssertionError("expected SystemExit")
+    assert main(["check", "user_layers2:make_layer"]) == 2  # a usage error, not a failed check
+    assert "--input-shape is required" in capsys.readouterr().err
+
+
+NAN = textwrap.dedent("""
+    import jax.numpy as jnp
+    from jaxbp.core import Layer
+
+    def make_nan():
+        backward = lambda p, r, g: ((), g * jnp.nan)  # bug: dx = 2 g times NaN
+        return Layer(lambda k, s: (tuple(s), ()), lambda p, x: (2 * x, ()), backward), (3, 4)
+
+    def not_a_layer():
+        return 42
+
+    def raises():
+        raise RuntimeError("boom")
+""")
+
+
+def test_exit_codes_distinguish_a_wrong_backward_from_a_usage_error(tmp_path, monkeypatch, capsys):
+    """0 = passed, 1 = a backward is wrong (NaN included), 2 = the module, factory or arguments are bad."""
+    (tmp_path / "user_nan.py").write_text(NAN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "user_nan:make_nan", "--seeds", "1"]) == 1
+    assert "non-finite hand-written value" in capsys.readouterr().out
+    for argv, message in [
+        (["check", "no_such_module_xyz:make"], "cannot import module 'no_such_module_xyz'"),
+        (["check", "user_nan:missing"], "module 'user_nan' has no 'missing'"),
+        (["check", "user_nan"], "expected 'module:function'"),
+        (["check", "user_nan:not_a_layer"], "returned int, expected a Layer"),
+        (["check", "user_nan:raises"], "raised RuntimeError: boom"),
+        (["check", "user_nan:make_nan", "--input-shape", "3,x"], "--input-shape must be comma-separated"),
+        (["check", "user_nan:make_nan", "--seeds", "0"], "seeds must be an integer >= 1"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("jaxbp check: ") and message in err and len(err.strip().splitlines()) == 1, err
+    sys.modules.pop("user_nan", None)
+
+
+def test_exit_codes_are_documented():
+    import jaxbp.check.cli as check_cli
+
+    doc = check_cli.__doc__
+    assert (
+        "0  every check passed" in doc and "1  a backward is wrong" in doc and "2  usage or load error" in doc
+    )

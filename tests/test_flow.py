@@ -76,10 +76,10 @@ def test_locate_nonfinite(key):
     x = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
     t = jnp.array([0, 1, 2, 0, 1])
     # Relu zeros feed SqrtAbs: forward finite, its backward divides by 0 (level 3 above it is fine)
-    assert locate_nonfinite(net, loss, params, x, t) == NonFinite("backward", 2, "SqrtAbs")
+    assert locate_nonfinite(net, loss, params, x, t) == NonFinite("backward", "2", "SqrtAbs")
 
     bad = (dict(params[0], W=params[0]["W"].at[0, 0].set(jnp.inf)), *params[1:])
-    assert locate_nonfinite(net, loss, bad, x, t) == NonFinite("forward", 0, "Dense(4)")
+    assert locate_nonfinite(net, loss, bad, x, t) == NonFinite("forward", "0", "Dense(4)")
     assert "forward pass: level 0 (Dense(4))" in locate_nonfinite(net, loss, bad, x, t).describe()
 
     probs = jnp.full((5, 3), jnp.nan)
@@ -87,3 +87,86 @@ def test_locate_nonfinite(key):
     _, fp = fine.init(key, (5, 3))
     assert locate_nonfinite(fine, loss, fp, x, probs) == NonFinite("loss", None, "SoftmaxCrossEntropy")
     assert locate_nonfinite(fine, loss, fp, x, t) is None
+
+
+def _flow_oracle(net, loss, params, x, t):
+    """(path, ‖dL/dx‖, ‖dL/dω‖) of every leaf by jax.grad with respect to a zero added at its output
+    (dL/dy of the leaf) pulled back through jax.vjp of the leaf's forward."""
+    from jaxbp.combinators import walk_forward
+    from jaxbp.contract import path_str
+
+    seen = {}
+
+    def run(deltas, record=False):
+        def leaf(path, layer, p, xx, *, state, key, train):
+            y, r, s = jaxbp.apply(layer, p, xx, state=state, key=key, train=train)
+            if record:
+                seen[path_str(path)] = (layer, p, xx)
+            d = deltas.get(path_str(path))
+            return (y if d is None else jax.tree.map(jnp.add, y, d)), r, s
+
+        return loss.forward(walk_forward(net, params, x, leaf)[0], t)[0]
+
+    run({}, record=True)
+    zeros = {k: jax.tree.map(jnp.zeros_like, jaxbp.apply(lay, p, xx)[0]) for k, (lay, p, xx) in seen.items()}
+    gys = jax.grad(run)(zeros)
+    out = []
+    for k, (lay, p, xx) in seen.items():
+        dp, dx = jax.vjp(lambda p, xx, lay=lay: jaxbp.apply(lay, p, xx)[0], p, xx)[1](gys[k])
+        sq = lambda tree: jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(tree)))  # noqa: E731
+        out.append((k, sq(dx), sq(dp)))
+    return out
+
+
+def test_flow_norms_on_any_network(key):
+    """Residual, parallel and nested networks at the top: one entry per leaf, in path order, = autodiff."""
+    from jaxbp.combinators import leaves
+
+    loss = jaxbp.MeanSquaredError()
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 4), jnp.float64)
+    t = jax.random.normal(jax.random.PRNGKey(2), (3, 4), jnp.float64)
+    cases = [
+        (jaxbp.Residual(jaxbp.Dense(4)), x, t, ["branch"]),
+        (jaxbp.Dense(4), x, t, ["0"]),
+        (jaxbp.parallel(jaxbp.Dense(4), jaxbp.Dense(4)), (x, x + 1), (t, t), ["0", "1"]),
+        (
+            jaxbp.serial(
+                jaxbp.Dense(4),
+                jaxbp.Residual(jaxbp.serial(jaxbp.Tanh(), jaxbp.Dense(4))),
+                jaxbp.FanOut(2),
+                jaxbp.parallel(jaxbp.Dense(4), jaxbp.Identity()),
+                jaxbp.FanInSum(),
+            ),
+            x,
+            t,
+            ["0", "1/branch/0", "1/branch/1", "2", "3/0", "3/1", "4"],
+        ),
+    ]
+    for net, xx, tt, paths in cases:
+        shape = jax.tree.map(jnp.shape, xx)
+        _, params = net.init(key, shape)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        if isinstance(tt, tuple):  # a tuple output: the loss of its sum
+            tree_loss = jaxbp.Loss(
+                lambda y, t: loss.forward(y[0] + y[1], t[0]), lambda r: (loss.backward(r),) * 2, "sum MSE"
+            )
+        else:
+            tree_loss = loss
+        assert [p for p, _ in leaves(net, shape)] == paths
+        dx_norms, dp_norms = jax.jit(
+            lambda p, xx, tt, net=net, lo=tree_loss: flow_norms(net, lo, p, (), None, xx, tt)
+        )(params, xx, tt)
+        ref = _flow_oracle(net, tree_loss, params, xx, tt)
+        assert [r[0] for r in ref] == paths
+        np.testing.assert_allclose(dx_norms, [r[1] for r in ref], rtol=1e-10)
+        np.testing.assert_allclose(dp_norms, [r[2] for r in ref], rtol=1e-10, atol=1e-300)
+
+
+def test_locate_nonfinite_inside_a_residual_branch(key):
+    loss = SoftmaxCrossEntropy()
+    net = jaxbp.serial(jaxbp.Dense(4), jaxbp.Residual(jaxbp.serial(jaxbp.Relu(), SqrtAbs())), jaxbp.Dense(3))
+    _, params = net.init(key, (5, 3))
+    x = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+    where = locate_nonfinite(net, loss, params, x, jnp.array([0, 1, 2, 0, 1]))
+    assert where == NonFinite("backward", "1/branch/1", "SqrtAbs")
+    assert "level 1/branch/1 (SqrtAbs)" in where.describe()

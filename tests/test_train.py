@@ -123,3 +123,33 @@ def test_nonfinite_stops_with_epoch_batch_level_and_keeps_checkpoint(tmp_path):
     assert int(a.step) == int(b.step) == 6 and np.array_equal(a.key, b.key)
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6)
+
+
+def test_gradient_flow_history_and_nonfinite_locator_use_level_paths(tmp_path):
+    """A residual block: the history names every leaf by its path, the plot labels them, and a
+    non-finite gradient inside the branch is located at its path."""
+    data = tiny_data()
+
+    def Blowup():  # y = x; a broken backward: dx = g / 0
+        def backward(params, x, g):
+            # dx = g  (bug: divided by 0)
+            return (), g / 0.0
+
+        return jaxbp.Layer(lambda key, s: (tuple(s), ()), lambda p, x: (x, ()), backward, name="Blowup")
+
+    branch = jaxbp.serial(jaxbp.Dense(16), jaxbp.Tanh())
+    net = jaxbp.serial(jaxbp.Flatten(), jaxbp.Residual(branch), jaxbp.Dense(3))
+    result = fit(net, data, make_optimizer(0.05), epochs=1, batch_size=16, log=None)
+    h = result.history
+    assert h["paths"] == ["0", "1/branch/0", "1/branch/1", "2"]
+    assert h["levels"] == ["Flatten", "Dense(16)", "Tanh", "Dense(3)"]
+    assert np.shape(h["dx_norms"]) == np.shape(h["dparam_norms"]) == (2, 4)
+    from jaxbp.train.plot import plot_history
+
+    plot_history(h, tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").stat().st_size > 0
+
+    branch = jaxbp.serial(jaxbp.Relu(), Blowup(), jaxbp.Dense(16))
+    bad = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(16), jaxbp.Residual(branch), jaxbp.Dense(3))
+    with pytest.raises(NonFiniteError, match=r"backward pass: level 2/branch/1 \(Blowup\)"):
+        fit(bad, data, make_optimizer(0.05), epochs=1, batch_size=16, log=None)

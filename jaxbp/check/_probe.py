@@ -1,384 +1,274 @@
-"""The checker's machinery: one traced probe per layer or network, and its statistics as report rows.
+"""The checker's traced probe: every leaf of a network checked in place, the loss, and the whole gradient.
 
-:func:`_probe` runs, under one trace, every level's own backward against the witnesses of
-:mod:`jaxbp.check._witness` (on the activations and true cotangents that reach the level), the
-loss as one more level, and the whole network's backward against autodiff. :func:`_build_report`
-turns the per-seed statistics into :class:`~jaxbp.check.report.LeafCheck` rows with the
-dtype-derived tolerances, the kink/tie excuses and the "follows" marking of inherited errors.
-Public entry points live in :mod:`jaxbp.check`.
+:func:`probe` runs under one trace. It walks the network (:func:`jaxbp.combinators.walk_forward`),
+recording what reaches each leaf (its params, input, state, key and residuals) wherever it sits
+(inside ``serial``, ``Residual``, ``parallel``, nested), takes the true cotangent at every leaf's
+output by autodiff of everything above it, and runs each leaf's own backward against the
+witnesses of :mod:`jaxbp.check._witness`; then the loss as one more level and the whole
+network's backward against autodiff. Static facts (paths, names, leaf names, contract problems)
+come back beside the statistics in a :class:`~jaxbp.core.Static`, so nothing is mutated while
+tracing. :mod:`jaxbp.check._rows` turns the result into report rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxbp.check._witness import cast, is_float, witness_stats
-from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.core import Layer, apply, is_stateful, layer_name
-
-FD_RTOL = (
-    1e-8  # float64 central differences resolve ~1e-11 of sum |g_i (J v)_i|; the rest is curvature margin
-)
+from jaxbp.combinators import walk_forward
+from jaxbp.contract import path_str
+from jaxbp.core import Layer, Static, apply, is_combinator, layer_name
+from jaxbp.errors import ContractError
 
 
-def default_rtol(dtype, size: int) -> float:
-    """Relative tolerance for comparing two computations in ``dtype`` that sum over ``size`` terms.
+class Top(NamedTuple):
+    """What sits on top of the checked network.
 
-    Rounding errors of sums grow like ``eps * sqrt(size)``; the factor 8 covers the few
-    elementary operations per term. Capped at 5% for very coarse dtypes (bfloat16).
+    Attributes:
+      value: ``y -> scalar``: ``<g, y>`` for a layer check, the loss for a network check.
+      hand_g: ``y -> dL/dy`` by hand (the loss's backward), or None when there is no loss.
+      g: the cotangent of the output when known (``check_layer``), else None.
     """
-    return float(min(0.05, 8 * jnp.finfo(dtype).eps * math.sqrt(max(size, 1))))
+
+    value: Callable
+    hand_g: Callable | None
+    g: Any
 
 
-def _is_serial(layer: Layer) -> bool:
-    return bool(layer.layers) and layer.name.startswith("serial(")
+class LevelInfo(NamedTuple):
+    """Static facts about one checked level (a leaf, or the whole network for ``e2e``).
+
+    Attributes:
+      path: the level path (``"3/branch/1"``); for ``e2e`` the path of the first leaf.
+      name: the layer's name.
+      leaves: the checked leaves' names (``"['W']"``, ``"x"``).
+      shapes: their shapes.
+      size: the number of elements the computation touches (for the default tolerance).
+      problem: what is wrong with the backward's structure, shapes or dtypes ("" when nothing).
+      fatal: the problem prevents any comparison (wrong structure or shape).
+      leaf_levels: for ``e2e``: the path of the level each checked leaf belongs to.
+    """
+
+    path: str
+    name: str
+    leaves: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    size: int
+    problem: str = ""
+    fatal: bool = False
+    leaf_levels: tuple[str, ...] = ()
 
 
-def _leaf_names(D, int_x: bool) -> list[str]:
-    params = D[0]
-    names = [jax.tree_util.keystr(p) or "." for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+class ProbeInfo(NamedTuple):
+    """Static facts of one probe: the levels in forward order, the loss and the end-to-end check."""
+
+    levels: tuple[LevelInfo, ...]
+    loss_size: int | None
+    e2e: LevelInfo | None
+
+
+class _Seen(NamedTuple):
+    """What reached one leaf in the forward walk."""
+
+    path: str
+    layer: Layer
+    params: Any
+    x: Any
+    state: Any
+    key: Any
+    res: Any
+
+
+def oracle_apply(layer: Layer, params, x, *, state, key, train):
+    """``apply`` with the leaf's ``extras["check_forward"]`` (when it has one) as its forward.
+
+    The autodiff VJP of ``check_forward`` is by definition what the leaf's backward computes
+    (a backward rule such as feedback alignment), so it is the oracle of that backward.
+    """
+    check_forward = layer.extras.get("check_forward")
+    if check_forward is not None:
+        layer = layer._replace(forward=check_forward)
+    return apply(layer, params, x, state=state, key=key, train=train)
+
+
+def _oracle_leaf(path, layer, params, x, *, state, key, train):
+    return oracle_apply(layer, params, x, state=state, key=key, train=train)
+
+
+def _record(net: Layer, params, x, state, key, train) -> tuple[list[_Seen], Any]:
+    """Walk the network once with the real forwards; what reached every leaf, and the output."""
+    seen: list[_Seen] = []
+
+    def leaf(path, layer, p, xx, *, state, key, train):
+        y, r, s = apply(layer, p, xx, state=state, key=key, train=train)
+        seen.append(_Seen(path=path_str(path), layer=layer, params=p, x=xx, state=state, key=key, res=r))
+        return y, r, s
+
+    y, _, _ = walk_forward(net, params, x, leaf, state=state, key=key, train=train)
+    return seen, y
+
+
+def _cotangents(net: Layer, params, x, state, key, train, top: Top, seen: list[_Seen]) -> list:
+    """The true dL/dy at every leaf's output: autodiff (through the oracles) of everything above it."""
+    if not is_combinator(net) and top.g is not None:
+        return [top.g]
+    index = {s.path: i for i, s in enumerate(seen)}
+
+    def value(deltas):
+        def leaf(path, layer, p, xx, *, state, key, train):
+            y, r, s = oracle_apply(layer, p, xx, state=state, key=key, train=train)
+            return jax.tree.map(jnp.add, y, deltas[index[path_str(path)]]), r, s
+
+        return top.value(walk_forward(net, params, x, leaf, state=state, key=key, train=train)[0])
+
+    zeros = [
+        jax.tree.map(
+            jnp.zeros_like, oracle_apply(s.layer, s.params, s.x, state=s.state, key=s.key, train=train)[0]
+        )
+        for s in seen
+    ]
+    return jax.grad(value)(zeros)
+
+
+def _leaf_names(D, int_x: bool) -> tuple[str, ...]:
+    names = [jax.tree_util.keystr(p) or "." for p, _ in jax.tree_util.tree_flatten_with_path(D[0])[0]]
     if not int_x:
         names += ["x" + jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(D[1])[0]]
-    return names
+    return tuple(names)
 
 
-def _hand_like(name: str, D, dp, dx, meta: dict):
-    """Check the backward's output against ``D`` at trace time; returns it shaped like ``D``."""
+def _hand_like(D, result) -> tuple[Any, str, bool]:
+    """The backward's ``result`` shaped like ``D`` (dtype-cast), what is wrong with it, and whether fatal."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        return None, f"backward returned {type(result).__name__}, expected (dparams, dx)", True
     want = D if len(D) == 2 else (D[0],)
-    got = (dp, dx) if len(D) == 2 else (dp,)
+    got = result if len(D) == 2 else (result[0],)
     if jax.tree.structure(got) != jax.tree.structure(want):
-        meta["shape"][name] = (
-            f"backward returned {jax.tree.structure(got)}, expected {jax.tree.structure(want)}"
-        )
-        return None
+        return None, f"backward returned {jax.tree.structure(got)}, expected {jax.tree.structure(want)}", True
     problems = []
     for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True):
         where = ("dparams" if path[0].idx == 0 else "dx") + jax.tree_util.keystr(path[1:])
-        if g.shape != w.shape:
-            problems.append(f"{where}: shape {g.shape} != {w.shape}")
+        if not hasattr(g, "shape") or g.shape != w.shape:
+            problems.append(f"{where}: shape {getattr(g, 'shape', type(g).__name__)} != {w.shape}")
         elif g.dtype != w.dtype:
             problems.append(f"{where}: dtype {g.dtype} != {w.dtype}")
     if any("shape" in p for p in problems):
-        meta["shape"][name] = "; ".join(problems)
-        return None
-    if problems:
-        meta["shape"].setdefault(name, "; ".join(problems))
-    return jax.tree.map(lambda g, w: g.astype(w.dtype), got, want)
+        return None, "; ".join(problems), True
+    return jax.tree.map(lambda g, w: g.astype(w.dtype), got, want), "; ".join(problems), False
 
 
-def _probe(net: Layer, params, x, state, lkey, train, top, key, dtype, fd: bool, meta: dict) -> dict:
-    """One pass in ``dtype``: each level's own backward, the loss and the whole-network gradient.
+def _split(s: _Seen) -> tuple[Any, bool]:
+    int_x = not all(is_float(a) for a in jax.tree.leaves(s.x))
+    return ((s.params,) if int_x else (s.params, s.x)), int_x
 
-    ``top`` is ``(value_fn, hand_g_fn, g_top)``: the scalar on top of the network (``<g, y>`` or
-    the loss), the cotangent the hand-written pass starts from (None: ``g``; or ``loss.backward``)
-    and ``g`` itself when known (``check_layer``).
+
+def _check_leaf(s: _Seen, g, key, train: bool, fd: bool) -> tuple[dict | None, LevelInfo]:
+    """One leaf's own backward at the cotangent ``g`` against vjp, dot and (float64) fd witnesses.
+
+    A leaf with ``extras["check_forward"]`` skips finite differences: they measure the true
+    derivative, which such a backward (a rule, not the gradient) does not compute by design.
+    """
+    D, int_x = _split(s)
+
+    def F(D):
+        xx = s.x if int_x else D[1]
+        return oracle_apply(s.layer, D[0], xx, state=s.state, key=s.key, train=train)[0]
+
+    hand, problem, fatal = _hand_like(D, s.layer.backward(s.params, s.res, g))
+    info = LevelInfo(
+        path=s.path,
+        name=layer_name(s.layer),
+        leaves=_leaf_names(D, int_x),
+        shapes=tuple(a.shape for a in jax.tree.leaves(D)),
+        size=sum(a.size for a in jax.tree.leaves((D, g))),
+        problem=problem,
+        fatal=fatal,
+    )
+    use_fd = fd and "check_forward" not in s.layer.extras
+    stats = None if fatal else witness_stats(F, D, hand, g, key, dot=fd, fd=use_fd)
+    return stats, info
+
+
+def _check_loss(top: Top, y, dtype, key, fd: bool) -> tuple[dict, int]:
+    """The loss as one more level: pred -> scalar, cotangent 1."""
+    stats = witness_stats(
+        lambda D: top.value(D[0]), (y,), (top.hand_g(y),), jnp.ones((), dtype), key, dot=fd, fd=fd
+    )
+    return stats, sum(a.size for a in jax.tree.leaves(y))
+
+
+def _param_levels(params, seen: list[_Seen]) -> list[str]:
+    """The level path of every leaf of ``params`` (matched by identity with what reached each leaf)."""
+    owner = {id(a): s.path for s in seen for a in jax.tree.leaves(s.params)}
+    first = seen[0].path if seen else "0"
+    return [owner.get(id(a), first) for a in jax.tree.leaves(params)]
+
+
+def _check_e2e(
+    net: Layer, params, x, state, lkey, train, top: Top, seen, key
+) -> tuple[dict | None, LevelInfo]:
+    """The whole hand-written gradient (params and input) against autodiff of the network of oracles."""
+    int_x = not all(is_float(a) for a in jax.tree.leaves(x))
+    D = (params,) if int_x else (params, x)
+
+    def F_all(D):
+        xx = x if int_x else D[1]
+        return walk_forward(net, D[0], xx, _oracle_leaf, state=state, key=lkey, train=train)[0]
+
+    y, res, _ = apply(net, params, x, state=state, key=lkey, train=train)
+    g_true = jax.grad(top.value)(y)
+    first = seen[0].path if seen else "0"
+    info = LevelInfo(
+        path=first,
+        name=layer_name(net),
+        leaves=_leaf_names(D, int_x),
+        shapes=tuple(a.shape for a in jax.tree.leaves(D)),
+        size=sum(a.size for a in jax.tree.leaves((D, y))),
+        leaf_levels=tuple(_param_levels(params, seen))
+        + (() if int_x else (first,) * len(jax.tree.leaves(x))),
+    )
+    try:
+        result = net.backward(params, res, top.hand_g(y) if top.hand_g is not None else g_true)
+    except ContractError as e:  # a leaf broke the contract: its own row says how
+        return None, info._replace(path=path_str(e.path), problem=e.detail, fatal=True)
+    hand, problem, fatal = _hand_like(D, result)
+    info = info._replace(problem=problem, fatal=fatal)
+    return (None if fatal else witness_stats(F_all, D, hand, g_true, key, dot=False)), info
+
+
+def probe(net: Layer, params, x, state, lkey, *, train: bool, top: Top, key, dtype, fd: bool) -> dict:
+    """One pass in ``dtype``: every leaf's own backward in place, the loss and the whole-network gradient.
+
+    Args:
+      net: the layer or network.
+      params, x, state: cast to ``dtype`` here.
+      lkey: the key the network's random layers get (folded per level by the walk).
+      train: the mode for stateful layers.
+      top: what sits on top (see :class:`Top`).
+      key: the witnesses' random tangents (leaf ``i`` gets ``fold_in(key, i)``).
+      dtype: the dtype of this pass.
+      fd: run the dot-product and finite-difference witnesses (the float64 pass).
+
+    Returns:
+      ``{"levels": [stats or None per leaf], "loss": stats or None, "e2e": stats or None,
+      "info": Static(ProbeInfo)}``.
     """
     params, x, state = cast(params, dtype), cast(x, dtype), cast(state, dtype)
-    value_fn, hand_g_fn, g_top = top
-    serial = _is_serial(net)
-    layers = net.layers if serial else (net,)
-    stateful_net = is_stateful(net)
-
-    def level_args(i):
-        if not serial:
-            return params, state, lkey
-        k = None if lkey is None else jax.random.fold_in(lkey, i)
-        return params[i], (state[i] if stateful_net else ()), k
-
-    def run_levels(x, deltas=None):
-        xs, ress = [], []
-        for i, layer in enumerate(layers):
-            p, s, k = level_args(i)
-            xs.append(x)
-            x, r, _ = apply(layer, p, x, state=s, key=k, train=train)
-            ress.append(r)
-            if deltas is not None:
-                x = jax.tree.map(jnp.add, x, deltas[i])
-        return x, xs, ress
-
-    y, xs, ress = run_levels(x)
-    ys = [*xs[1:], y]
-    zeros = [jax.tree.map(jnp.zeros_like, yi) for yi in ys]
-    # the true dL/dy at every level (autodiff of everything above it); g itself for a single layer
-    gs = jax.grad(lambda d: value_fn(run_levels(x, d)[0]))(zeros) if serial or g_top is None else [g_top]
-
-    out = {"levels": []}
-    for i, layer in enumerate(layers):
-        p, s, k = level_args(i)
-        int_x = not all(is_float(a) for a in jax.tree.leaves(xs[i]))
-        D = (p,) if int_x else (p, xs[i])
-
-        def F(D, layer=layer, s=s, k=k, xi=xs[i], int_x=int_x):
-            return apply(layer, D[0], xi if int_x else D[1], state=s, key=k, train=train)[0]
-
-        dp, dx = layer.backward(p, ress[i], gs[i])
-        meta["levels"].setdefault(
-            i,
-            {
-                "name": layer_name(layer),
-                "leaves": _leaf_names(D, int_x),
-                "shapes": [a.shape for a in jax.tree.leaves(D)],
-                "size": sum(a.size for a in jax.tree.leaves((D, ys[i]))),
-            },
-        )
-        hand = _hand_like(i, D, dp, dx, meta)
-        out["levels"].append(
-            None
-            if hand is None
-            else witness_stats(F, D, hand, gs[i], jax.random.fold_in(key, i), dot=fd, fd=fd)
-        )
-
-    if serial or hand_g_fn is not None:
-        out["loss"] = None
-        if hand_g_fn is not None:  # the loss is one more level: pred -> scalar, cotangent 1
-            loss_hand = hand_g_fn(y)
-            one = jnp.ones((), dtype)
-            meta["loss"] = {"size": sum(a.size for a in jax.tree.leaves(y))}
-            out["loss"] = witness_stats(
-                lambda D: value_fn(D[0]),
-                (y,),
-                (loss_hand,),
-                one,
-                jax.random.fold_in(key, len(layers)),
-                dot=fd,
-                fd=fd,
-            )
-        int_x = not all(is_float(a) for a in jax.tree.leaves(x))
-        D = (params,) if int_x else (params, x)
-
-        def F_all(D):
-            return apply(net, D[0], x if int_x else D[1], state=state, key=lkey, train=train)[0]
-
-        y_net, res, _ = apply(net, params, x, state=state, key=lkey, train=train)
-        g_hand = hand_g_fn(y_net) if hand_g_fn is not None else jax.grad(value_fn)(y_net)
-        hand = _hand_like("e2e", D, *net.backward(params, res, g_hand), meta)
-        meta["e2e"] = {
-            "leaves": _leaf_names(D, int_x),
-            "shapes": [a.shape for a in jax.tree.leaves(D)],
-            "level": _leaf_levels(params, serial, int_x),
-            "size": sum(a.size for a in jax.tree.leaves((D, y))),
-        }
-        out["e2e"] = (
-            None if hand is None else witness_stats(F_all, D, hand, jax.grad(value_fn)(y_net), key, dot=False)
-        )
-    return out
-
-
-def _leaf_levels(params, serial: bool, int_x: bool) -> list[int]:
-    levels = []
-    for i, p in enumerate(params if serial else (params,)):
-        levels += [i] * len(jax.tree.leaves(p))
-    return levels + ([] if int_x else [0])
-
-
-def _ratio(err, bound):
-    return np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
-
-
-def _rows(
-    level, name, witness, dtype, leaves, shapes, s, rtol, atol, excused=None, floor=None
-) -> list[LeafCheck]:
-    """Turn (seeds, L) statistics of one witness into one row per leaf (the worst seed).
-
-    ``floor`` (seeds,) is the largest gradient element of the level: a leaf whose exact gradient
-    cancels to ~0 (the bias of a Dense before a BatchNorm) holds only rounding noise of the size
-    of the terms that cancelled, so its errors are judged against the level's scale, not its own.
-    """
-    rows = []
-    hand, ref = WITNESSES[witness]
-    for j, leaf in enumerate(leaves):
-        if witness in ("vjp", "e2e"):
-            err, scale = s["max_abs"][:, j], s["scale"][:, j]
-            if floor is not None:
-                scale = np.maximum(scale, floor)
-        elif witness == "dot":
-            err, scale = np.abs(s["lhs"][:, j] - s["rhs"][:, j]), s["dscale"][:, j]
-        else:
-            err, scale = np.abs(s["fd"][:, j] - s["rhs"][:, j]), s["fscale"][:, j]
-        tol = FD_RTOL if witness == "fd" else rtol
-        bound = atol + tol * scale + (s["fatol"][:, j] if witness == "fd" else 0.0)
-        ratio = _ratio(err, bound)
-        fail = ratio > 1
-        exc = np.zeros_like(fail) if excused is None else excused[:, j].copy()
-        if witness == "fd":
-            exc |= s["kink"][:, j] >= err  # one-sided differences disagree by more than the error: a kink
-        bad = fail & ~exc
-        k = int(np.argmax(np.where(exc & fail, -1.0, ratio)))
-        vector = witness in ("vjp", "e2e")
-        skipped = int((fail & exc).sum())
-        status = "FAIL" if bad.any() else ("kink" if skipped == len(fail) else "ok")
-        rows.append(
-            LeafCheck(
-                level=level,
-                level_name=name,
-                leaf=leaf,
-                witness=witness,
-                dtype=str(jnp.dtype(dtype)),
-                max_abs_err=float(err[k]),
-                max_rel_err=float(_ratio(err[k], scale[k])),
-                worst_index=(
-                    tuple(int(i) for i in np.unravel_index(int(s["argmax"][k, j]), shapes[j]))
-                    if vector and shapes[j]
-                    else (() if vector else None)
-                ),
-                cosine=float(s["cos"][k, j]) if vector else None,
-                tol=tol,
-                atol=atol,
-                status=status,
-                hand=hand,
-                reference=ref,
-                seed=k,
-                skipped=skipped,
-            )
-        )
-    return rows
-
-
-def _ties(s) -> np.ndarray:
-    """(seeds, L): the vjp witness failed at a tie -- the function has a kink along hand - reference.
-
-    Moving by +-t along U = (hand - ref) / max|hand - ref|, the second difference
-    sum_k |g_k (y+ + y- - 2y)_k| / t
-    is ~0 where the layer is differentiable and at least <hand - ref, U> at a genuine tie (ReLU at 0: 2x;
-    a max over n tied values: n / (n - 1) x), so a bug beside a tie is not excused.
-    """
-    return (s["tie"] > np.maximum(s["tie_expected"], s["tatol"])) & (s["max_abs"] > 0)
-
-
-def _build_report(name, stats, meta, dtypes, rtol, atol, seeds, is_net) -> CheckReport:
-    levels = [meta["levels"][i]["name"] for i in sorted(meta["levels"])]
-    level_names = list(levels) + (["loss"] if meta.get("loss") else [])
-    report = CheckReport(name=name, levels=level_names, seeds=seeds)
-    for key, msg in meta["shape"].items():
-        lvl = 0 if key == "e2e" else key
-        report.rows.append(
-            LeafCheck(
-                lvl,
-                level_names[lvl],
-                "dparams/dx",
-                "shape",
-                "-",
-                math.inf,
-                math.inf,
-                None,
-                None,
-                0.0,
-                0.0,
-                "FAIL",
-                *WITNESSES["shape"],
-                detail=msg,
-            )
-        )
-    ties = {}
-    for dtype in dtypes:
-        s_all = stats[str(jnp.dtype(dtype))]
-        for i, s in enumerate(s_all["levels"]):
-            if s is None:
-                continue
-            m = meta["levels"][i]
-            tol = rtol if rtol is not None else default_rtol(dtype, m["size"])
-            if "tie" in s:
-                ties[i] = _ties(s) & (s["max_abs"] > tol * s["scale"])
-            for w in ("vjp", "dot", "fd"):
-                if w not in ("vjp",) and ("fd" if w == "fd" else "lhs") not in s:
-                    continue
-                report.rows += _rows(
-                    i,
-                    levels[i],
-                    w,
-                    dtype,
-                    m["leaves"],
-                    m["shapes"],
-                    s,
-                    tol,
-                    atol,
-                    ties.get(i),
-                    s["scale"].max(axis=1),
-                )
-        if s_all.get("loss") is not None:
-            s, n = s_all["loss"], len(levels)
-            tol = rtol if rtol is not None else default_rtol(dtype, meta["loss"]["size"])
-            if "tie" in s:
-                ties[n] = _ties(s) & (s["max_abs"] > tol * s["scale"])
-            for w in ("vjp", "dot", "fd"):
-                if w == "vjp" or ("fd" if w == "fd" else "lhs") in s:
-                    report.rows += _rows(n, "loss", w, dtype, ["pred"], [()], s, tol, atol, ties.get(n))
-        if s_all.get("e2e") is not None:
-            m = meta["e2e"]
-            tol = rtol if rtol is not None else default_rtol(dtype, m["size"])
-            lv = np.asarray(m["level"])
-            for j, (leaf, shape) in enumerate(zip(m["leaves"], m["shapes"], strict=True)):
-                sj = {k: v[:, j : j + 1] for k, v in s_all["e2e"].items()}
-                floor = s_all["e2e"]["scale"][:, lv == lv[j]].max(axis=1)
-                report.rows += _rows(
-                    int(lv[j]), levels[lv[j]], "e2e", dtype, [leaf], [shape], sj, tol, atol, None, floor
-                )
-    # End-to-end errors at or below the first bad level follow from it; at or below a level that
-    # sits on a tie (its own vjp excused as a kink) they are that tie's legitimate subgradient choice.
-    bad = report.first_bad_level
-    tied = [r.level for r in report.rows if r.witness in ("vjp", "dot") and r.skipped]
-    report.rows = [
-        dataclasses.replace(r, status="follows")
-        if r.witness == "e2e" and r.status == "FAIL" and bad is not None and r.level <= bad
-        else dataclasses.replace(r, status="kink")
-        if r.witness == "e2e" and r.status == "FAIL" and tied and r.level <= max(tied)
-        else r
-        for r in report.rows
+    seen, y = _record(net, params, x, state, lkey, train)
+    gs = _cotangents(net, params, x, state, lkey, train, top, seen)
+    checked = [
+        _check_leaf(s, g, jax.random.fold_in(key, i), train, fd)
+        for i, (s, g) in enumerate(zip(seen, gs, strict=True))
     ]
-    return report
-
-
-def _compiled(f, *args):
-    """``jax.jit(f)(*args)`` compiled with XLA's backend optimisation level 1.
-
-    A check runs its program once, so compile time dominates: level 1 compiles ~40% faster than
-    the default with the same float64 results. (Level 0 is 3x faster but gave float32-accurate
-    derivatives of transcendental functions in float64 programs -- caught by the catalogue's
-    1e-14 tolerance, as any such regression would be.)
-    """
-    lowered = jax.jit(f).lower(*args)
-    return lowered.compile(compiler_options={"xla_backend_optimization_level": 1})(*args)
-
-
-def _native_dtype(tree, fallback=jnp.float32):
-    floats = [a.dtype for a in jax.tree.leaves(tree) if is_float(a)]
-    return jnp.dtype(floats[0]) if floats else jnp.dtype(fallback)
-
-
-def _random_like(key, tree):
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten(
-        [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=False)]
-    )
-
-
-def _perturbed(key, params):
-    """``params`` + N(0, (0.1 + rms / 2)^2) noise per floating leaf: away from an init's special values."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten(
-        [
-            a + (0.1 + 0.5 * jnp.sqrt(jnp.mean(a * a))) * jax.random.normal(k, a.shape, a.dtype)
-            if is_float(a)
-            else a
-            for k, a in zip(keys, leaves, strict=False)
-        ]
-    )
-
-
-def _rbg(key):
-    """The checker's own random draws use XLA's RngBitGenerator: one op instead of an unrolled
-    threefry per draw halves the compile time, which dominates a check."""
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    data = jnp.asarray(data, jnp.uint32).reshape(-1)
-    return jax.random.wrap_key_data(jnp.concatenate([data, data])[:4], impl="unsafe_rbg")
-
-
-def _passes(native) -> list:
-    return [jnp.dtype(jnp.float64)] + ([native] if native != jnp.float64 else [])
+    out = {"levels": [c[0] for c in checked], "loss": None, "e2e": None}
+    loss_size = e2e = None
+    if top.hand_g is not None:
+        out["loss"], loss_size = _check_loss(top, y, dtype, jax.random.fold_in(key, len(seen)), fd)
+    if is_combinator(net) or top.hand_g is not None:
+        out["e2e"], e2e = _check_e2e(net, params, x, state, lkey, train, top, seen, key)
+    out["info"] = Static(ProbeInfo(levels=tuple(c[1] for c in checked), loss_size=loss_size, e2e=e2e))
+    return out

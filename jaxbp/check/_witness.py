@@ -52,15 +52,19 @@ def inner(a, b):
 
 
 def _segments(D):
-    """Flatten ``D`` to one vector; (L, n) 0/1 masks of the leaves, their offsets and the unravel function."""
-    leaves = jax.tree.leaves(D)
+    """Flatten ``D`` to one vector; the leaves' offsets and sizes (NumPy) and the unravel function."""
     flat, unravel = ravel_pytree(D)
-    sizes = [a.size for a in leaves]
+    sizes = np.asarray([a.size for a in jax.tree.leaves(D)], np.int64)
     offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
-    masks = np.zeros((len(leaves), flat.size), bool)
-    for j, (o, n) in enumerate(zip(offsets, sizes, strict=True)):
-        masks[j, o : o + n] = True
-    return flat, unravel, masks, offsets
+    return flat, unravel, offsets, sizes
+
+
+def _masks(n: int, offsets, sizes):
+    """(L, n) booleans: element k belongs to leaf j. Built from an iota in the program, never a
+    constant: a captured (L, n) constant of a large layer would be copied into the program."""
+    idx = jax.lax.iota(jnp.int32 if n < 2**31 else jnp.int64, n)[None]
+    lo, hi = jnp.asarray(offsets)[:, None], jnp.asarray(offsets + sizes)[:, None]
+    return (idx >= lo) & (idx < hi)
 
 
 def _flat_out(F, unravel):
@@ -79,17 +83,26 @@ def witness_stats(F, D, hand, g, key, *, dot: bool = True, fd: bool = False) -> 
       dot: also run the dot-product test.
       fd: also run finite differences and the kink/tie probes (call with float64 ``D``).
 
+    Non-finite values: ``hand_nonfinite`` counts the elements where the hand-written value is
+    non-finite and the reference finite, ``ref_nonfinite`` the reverse; elsewhere non-finite pairs
+    are left out of the element-wise errors. The scalar witnesses (dot, fd) take the raw values,
+    so a non-finite ``hand`` makes them NaN (a failure).
+
     Returns:
-      A dict of (L,) arrays: ``max_abs``, ``argmax``, ``scale``, ``cos`` (vjp); ``lhs``, ``rhs``,
+      A dict of (L,) arrays: ``max_abs``, ``argmax``, ``scale``, ``cos``, ``hand_nonfinite``,
+      ``ref_nonfinite`` (vjp); ``lhs``, ``rhs``,
       ``dscale`` (dot); ``fd``, ``fscale``, ``fatol``, ``kink``, ``tie``, ``tie_expected``, ``tatol`` (fd).
     """
-    theta, unravel, masks, offsets = _segments(D)
-    M = jnp.asarray(masks)
+    theta, unravel, offsets, sizes = _segments(D)
+    M = _masks(theta.size, offsets, sizes)
     f = _flat_out(F, unravel)
     y, vjp = jax.vjp(f, theta)
     gf = ravel_pytree(g)[0]
-    ref = _f64(vjp(gf.astype(y.dtype))[0])
-    hd = _f64(ravel_pytree(hand)[0])
+    ref_raw = _f64(vjp(gf.astype(y.dtype))[0])
+    hd_raw = _f64(ravel_pytree(hand)[0])
+    hand_ok, ref_ok = jnp.isfinite(hd_raw), jnp.isfinite(ref_raw)
+    # non-finite values are compared by where they are, finite ones by value
+    hd, ref = jnp.where(hand_ok & ref_ok, hd_raw, 0.0), jnp.where(hand_ok & ref_ok, ref_raw, 0.0)
     err = hd - ref
 
     def seg_max(v):  # (n,) -> (L,) max over each leaf
@@ -106,18 +119,22 @@ def witness_stats(F, D, hand, g, key, *, dot: bool = True, fd: bool = False) -> 
         "cos": jnp.where(
             den > 0, seg_dot(hd, ref) / jnp.where(den > 0, den, 1.0), jnp.where(seg_max(err) == 0, 1.0, 0.0)
         ),
+        "hand_nonfinite": seg_dot((~hand_ok & ref_ok).astype(jnp.float64), 1.0),
+        "ref_nonfinite": seg_dot((hand_ok & ~ref_ok).astype(jnp.float64), 1.0),
     }
     if not (dot or fd):
         return out
 
     V = jax.random.normal(key, theta.shape, theta.dtype)
     T = jnp.where(M, V[None], 0).astype(theta.dtype)  # (L, n): one random tangent per leaf
-    rhs = seg_dot(hd, _f64(V))  # <hand, v_j>
+    rhs = seg_dot(hd_raw, _f64(V))  # <hand, v_j>
     g64 = _f64(gf)
     if dot:
         Jv = _f64(jax.vmap(lambda t: jax.jvp(f, (theta,), (t,))[1])(T))  # (L, m)
         out.update(
-            lhs=Jv @ g64, rhs=rhs, dscale=jnp.abs(Jv) @ jnp.abs(g64) + seg_dot(jnp.abs(hd), jnp.abs(_f64(V)))
+            lhs=Jv @ g64,
+            rhs=rhs,
+            dscale=jnp.abs(Jv) @ jnp.abs(g64) + seg_dot(jnp.abs(hd_raw), jnp.abs(_f64(V))),
         )
     if fd:
         size = jnp.maximum(1.0, seg_max(theta))

@@ -7,7 +7,8 @@ and central finite differences in float64 (see :mod:`jaxbp.check._witness`). It 
 float64 (x64 switched on for the duration and restored) and in the layer's own dtype,
 with tolerances from the dtype's epsilon and the size of the computation.
 
-:func:`check_network` checks every level of a ``serial`` network in place, on the
+:func:`check_network` checks every level of a network in place -- every leaf, wherever it sits
+(inside ``serial``, ``Residual``, ``parallel``, nested), named by its path such as ``3/branch/1`` -- on the
 activations and cotangents that really reach it, plus the loss and the end-to-end
 gradient, and names the level where the error starts. :func:`check_sgd_step` compares
 one full optax step. This module and its helpers are the only library code that calls
@@ -21,22 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp.check._probe import (
-    FD_RTOL,
-    _build_report,
-    _compiled,
-    _is_serial,
-    _native_dtype,
-    _passes,
-    _perturbed,
-    _probe,
-    _random_like,
-    _ratio,
-    _rbg,
-    default_rtol,
-)
+from jaxbp.check import _setup
+from jaxbp.check._probe import Top, probe
+from jaxbp.check._rows import FD_RTOL, build_report, default_rtol, ratio
 from jaxbp.check._witness import cast, inner
 from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
+from jaxbp.combinators import walk_forward
+from jaxbp.contract import path_str
 from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful, layer_name
 from jaxbp.step import TrainState, train_step_fn
 
@@ -71,7 +63,11 @@ def check_layer(
     float64 (x64 is switched on for the call and restored) with vjp, jvp-dot-product and
     finite-difference witnesses, and again in the layer's own dtype with the vjp witness
     (tolerance from its epsilon).
-    A ``serial`` layer is also checked level by level, so the report names the level.
+    A network (``serial``, ``Residual``, ``parallel``, nested) is checked leaf by leaf in place and
+    end to end, so the report names the level path. A leaf with ``extras["check_forward"]`` is
+    checked against the autodiff VJP of that function instead of its forward (a backward rule that
+    is not the gradient by design), without finite differences. A non-finite hand-written value
+    where the reference is finite (or the reverse) fails.
 
     Args:
       layer: any :class:`~jaxbp.core.Layer`, built-in or user-written.
@@ -88,49 +84,67 @@ def check_layer(
 
     Returns:
       A :class:`~jaxbp.check.report.CheckReport`.
+
+    Raises:
+      UsageError: ``seeds`` < 1, a negative or non-finite ``rtol``/``atol``, a bad ``input_shape``,
+        or a layer too large to check in this machine's memory (before anything is compiled).
     """
-    shape = tuple(input_shape)
+    _setup.check_arguments("check_layer", seeds=seeds, rtol=rtol, atol=atol)
+    shape = _setup.check_shape("check_layer", input_shape)
     key = jax.random.PRNGKey(0) if key is None else key
     make_input = make_input or jax.random.normal
-    native = (
-        jnp.dtype(dtype)
-        if dtype is not None
-        else _native_dtype(  # as the user's config makes it
-            jax.eval_shape(lambda k: layer.init(k, shape)[1], jax.random.PRNGKey(0))
-        )
+    abstract_params = jax.eval_shape(lambda k: layer.init(k, shape)[1], jax.random.PRNGKey(0))
+    inputs = shape if shape and isinstance(shape[0], tuple) else (shape,)  # one shape or a tuple of them
+    _setup.check_size(
+        "check_layer", (abstract_params, [jax.ShapeDtypeStruct(s, jnp.float64) for s in inputs]), seeds
     )
+    native = jnp.dtype(dtype) if dtype is not None else _setup.native_dtype(abstract_params)
+    dtypes = _setup.passes(native)
     with jax.enable_x64(True):
-        meta = {"levels": {}, "shape": {}}
 
         def run(key):
             kp, kx, kl, kg, kw, kq = jax.random.split(key, 6)
             params = cast(layer.init(kp, shape)[1], native)
             if perturb:
-                params = _perturbed(kq, params)
+                params = _setup.perturbed(kq, params)
             x = make_input(kx, shape, native)
             state = cast(init_state(layer, shape), native)
             lkey = kl if is_stateful(layer) else None
-            g = _random_like(kg, apply(layer, params, x, state=state, key=lkey, train=train)[0])
+            g = _setup.random_like(kg, apply(layer, params, x, state=state, key=lkey, train=train)[0])
             return {
-                str(dt): _probe(
+                str(dt): probe(
                     layer,
                     params,
                     x,
                     state,
                     lkey,
-                    train,
-                    (lambda y, gd=cast(g, dt): inner(gd, y), None, cast(g, dt)),
-                    kw,
-                    dt,
-                    dt == jnp.float64,
-                    meta,
+                    train=train,
+                    top=Top(value=lambda y, gd=cast(g, dt): inner(gd, y), hand_g=None, g=cast(g, dt)),
+                    key=kw,
+                    dtype=dt,
+                    fd=dt == jnp.float64,
                 )
-                for dt in _passes(native)
+                for dt in dtypes
             }
 
-        stats = jax.tree.map(np.asarray, _compiled(jax.vmap(run), jax.random.split(_rbg(key), seeds)))
-    name = f"{layer_name(layer)} on {shape}"
-    return _build_report(name, stats, meta, _passes(native), rtol, atol or 0.0, seeds, False)
+        out = _setup.compiled(jax.vmap(run), jax.random.split(_setup.rbg(key), seeds))
+    return build_report(
+        f"{layer_name(layer)} on {shape}", _by_pass(out, dtypes, 0), rtol=rtol, atol=atol or 0.0, seeds=seeds
+    )
+
+
+def _by_pass(out: dict, dtypes: list, seed_axis: int | None) -> dict:
+    """``{dtype: (stats as NumPy with a leading seeds axis, ProbeInfo)}`` in the order of ``dtypes``
+    (float64 first: its ties excuse the same draws in the native pass) from a probe program's output."""
+
+    def numpy(tree):
+        return jax.tree.map(lambda a: np.asarray(a) if seed_axis == 0 else np.asarray(a)[None], tree)
+
+    passes = {}
+    for dt in dtypes:
+        o = out[str(jnp.dtype(dt))]
+        passes[jnp.dtype(dt)] = (numpy({k: v for k, v in o.items() if k != "info"}), o["info"].value)
+    return passes
 
 
 def check_network(
@@ -157,7 +171,7 @@ def check_network(
     at and below it are marked ``follows``.
 
     Args:
-      net: the network (a ``serial``; any other layer is checked as one level).
+      net: any network (each leaf is a level, named by its path) or a single layer.
       loss: the loss on top.
       params: the network's params.
       x: the input batch.
@@ -171,38 +185,57 @@ def check_network(
     Returns:
       A :class:`~jaxbp.check.report.CheckReport` whose levels are the network's levels plus the loss.
     """
+    _setup.check_arguments("check_network", rtol=rtol, atol=atol)
     with jax.enable_x64(True):
-        native = _native_dtype((params, x))
-        meta = {"levels": {}, "shape": {}}
+        native = _setup.native_dtype((params, x))
+        dtypes = _setup.passes(native)
 
         def run(params, x, target, state, lkey):
             out = {}
-            for dt in _passes(native):
+            for dt in dtypes:
                 t = cast(target, dt)
-                top = (
-                    lambda y, t=t: loss.forward(y, t)[0],
-                    lambda y, t=t: loss.backward(loss.forward(y, t)[1]),
-                    None,
+                top = Top(
+                    value=lambda y, t=t: loss.forward(y, t)[0],
+                    hand_g=lambda y, t=t: loss.backward(loss.forward(y, t)[1]),
+                    g=None,
                 )
-                out[str(dt)] = _probe(
+                out[str(dt)] = probe(
                     net,
                     params,
                     x,
                     state,
                     lkey,
-                    train,
-                    top,
-                    _rbg(jax.random.PRNGKey(1)),
-                    dt,
-                    dt == jnp.float64,
-                    meta,
+                    train=train,
+                    top=top,
+                    key=_setup.rbg(jax.random.PRNGKey(1)),
+                    dtype=dt,
+                    fd=dt == jnp.float64,
                 )
             return out
 
-        stats = _compiled(run, params, x, target, state, key)
-        stats = jax.tree.map(lambda a: np.asarray(a)[None], stats)
+        out = _setup.compiled(run, params, x, target, state, key)
     name = f"{layer_name(net)} + {loss.name or 'loss'} on {tuple(jnp.shape(x))}"
-    return _build_report(name, stats, meta, _passes(native), rtol, atol or 0.0, 1, True)
+    return build_report(name, _by_pass(out, dtypes, None), rtol=rtol, atol=atol or 0.0, seeds=1)
+
+
+def _level_paths(net: Layer, params, x, state, key) -> tuple[dict[str, str], list[str]]:
+    """``{path: name}`` of every leaf in forward order and the path of each leaf of ``params`` (abstract)."""
+    found = {}
+
+    def run(params, x, state, key):
+        seen = []
+
+        def leaf(path, layer, p, xx, *, state, key, train):
+            seen.append((path_str(path), layer, p))
+            return apply(layer, p, xx, state=state, key=key, train=train)
+
+        walk_forward(net, params, x, leaf, state=state, key=key, train=True)
+        owner = {id(a): path for path, _, p in seen for a in jax.tree.leaves(p)}
+        found["levels"] = {path: layer_name(layer) for path, layer, _ in seen}
+        found["params"] = [owner.get(id(a), seen[0][0]) for a in jax.tree.leaves(params)]
+
+    jax.eval_shape(run, params, x, state, key)
+    return found["levels"], found["params"]
 
 
 def check_sgd_step(
@@ -235,6 +268,7 @@ def check_sgd_step(
     Returns:
       A :class:`~jaxbp.check.report.CheckReport` with one ``sgd`` row per parameter leaf.
     """
+    _setup.check_arguments("check_sgd_step", rtol=rtol, atol=atol)
     key = jax.random.PRNGKey(0) if key is None else key
     ts = TrainState(params, optimizer.init(params), state, key, jnp.zeros((), jnp.int32))
 
@@ -249,46 +283,59 @@ def check_sgd_step(
 
     got = jax.jit(lambda ts: train_step_fn(net, loss, optimizer)(ts, x, target)[0].params)(ts)
     want = jax.jit(reference)(ts)
-    dtype = _native_dtype(params)
+    dtype = _setup.native_dtype(params)
     size = sum(a.size for a in jax.tree.leaves((params, x)))
     tol = rtol if rtol is not None else default_rtol(dtype, size)
-    levels = [layer_name(l) for l in net.layers] if _is_serial(net) else [layer_name(net)]
+    levels, param_levels = _level_paths(net, params, x, state, key)
     report = CheckReport(name=f"one {layer_name(net)} step", levels=levels)
-    hand, ref = WITNESSES["sgd"]
-    for (path, p0), p1, p2 in zip(
+    for (path, p0), p1, p2, level in zip(
         jax.tree_util.tree_flatten_with_path(params)[0],
         jax.tree.leaves(got),
         jax.tree.leaves(want),
+        param_levels,
         strict=True,
     ):
-        p0, p1, p2 = (np.asarray(a, np.float64) for a in (p0, p1, p2))
-        err, scale = np.abs(p1 - p2), np.max(np.abs(p2 - p0), initial=0.0)
-        eps = float(jnp.finfo(dtype).eps)
-        a = atol if atol is not None else 4 * eps * np.max(np.abs(p0), initial=0.0)
-        level = path[0].idx if _is_serial(net) and hasattr(path[0], "idx") else 0
-        worst = int(np.argmax(err)) if err.size else 0
-        cos = float(
-            np.vdot(p1 - p0, p2 - p0) / max(np.linalg.norm(p1 - p0) * np.linalg.norm(p2 - p0), 1e-300)
-        )
         report.rows.append(
-            LeafCheck(
-                level,
-                levels[level],
-                jax.tree_util.keystr(path),
-                "sgd",
-                str(jnp.dtype(dtype)),
-                float(err.max(initial=0)),
-                float(_ratio(err.max(initial=0), scale)),
-                tuple(int(i) for i in np.unravel_index(worst, p0.shape)),
-                cos,
-                tol,
-                float(a),
-                "ok" if err.max(initial=0) <= a + tol * scale else "FAIL",
-                hand,
-                ref,
+            _sgd_row(
+                np.asarray(p0, np.float64),
+                np.asarray(p1, np.float64),
+                np.asarray(p2, np.float64),
+                level=level,
+                name=levels[level],
+                leaf=jax.tree_util.keystr(path),
+                dtype=dtype,
+                tol=tol,
+                atol=atol,
             )
         )
     return report
+
+
+def _sgd_row(p0, p1, p2, *, level: str, name: str, leaf: str, dtype, tol: float, atol) -> LeafCheck:
+    """One param leaf after a jaxbp step (``p1``) against the jax.grad step (``p2``), from ``p0``."""
+    err, scale = np.abs(p1 - p2), np.max(np.abs(p2 - p0), initial=0.0)
+    eps = float(jnp.finfo(dtype).eps)
+    a = atol if atol is not None else 4 * eps * np.max(np.abs(p0), initial=0.0)
+    worst = int(np.argmax(err)) if err.size else 0
+    cos = float(np.vdot(p1 - p0, p2 - p0) / max(np.linalg.norm(p1 - p0) * np.linalg.norm(p2 - p0), 1e-300))
+    max_err = float(err.max(initial=0))
+    hand, ref = WITNESSES["sgd"]
+    return LeafCheck(
+        level=level,
+        level_name=name,
+        leaf=leaf,
+        witness="sgd",
+        dtype=str(jnp.dtype(dtype)),
+        max_abs_err=max_err,
+        max_rel_err=float(ratio(max_err, scale)),
+        worst_index=tuple(int(i) for i in np.unravel_index(worst, p0.shape)),
+        cosine=cos,
+        tol=tol,
+        atol=float(a),
+        status="ok" if max_err <= a + tol * scale else "FAIL",
+        hand=hand,
+        reference=ref,
+    )
 
 
 def check_catalogue(
@@ -307,6 +354,7 @@ def check_catalogue(
     """
     from jaxbp.check.catalogue import CATALOGUE
 
+    _setup.check_arguments("check_catalogue", seeds=seeds)
     out = {}
     for name in names or list(CATALOGUE):
         entry = CATALOGUE[name]

@@ -29,7 +29,8 @@ class LeafCheck:
     """One checked leaf under one witness (the worst of all seeds).
 
     Attributes:
-      level: index in serial order (0 = the level applied to the input); the loss is level N.
+      level: the level's path: ``"2"`` for level 2 of a ``serial``, ``"3/branch/1"`` for level 1 inside
+        the residual branch of level 3, ``"0"`` for a network that is one layer, ``"loss"`` for the loss.
       level_name: the name of that level's layer.
       leaf: "x" for the input gradient, else the param path (e.g. "['W']").
       witness: one of :data:`WITNESSES`.
@@ -48,7 +49,7 @@ class LeafCheck:
       detail: a free-text note (e.g. the shape mismatch).
     """
 
-    level: int
+    level: str
     level_name: str
     leaf: str
     witness: str
@@ -73,13 +74,14 @@ class CheckReport:
 
     Attributes:
       name: what was checked (layer or network name and input shape).
-      levels: the level names in serial order (one entry for a plain layer).
+      levels: ``{path: layer name}`` of every checked level (every leaf of the network, wherever it
+        sits), in forward order, then ``"loss"``.
       rows: one :class:`LeafCheck` per (level, leaf, witness, dtype).
       seeds: how many random draws each row covers.
     """
 
     name: str
-    levels: list[str]
+    levels: dict[str, str]
     rows: list[LeafCheck] = field(default_factory=list)
     seeds: int = 1
 
@@ -89,12 +91,13 @@ class CheckReport:
         return not any(r.status == "FAIL" for r in self.rows)
 
     @property
-    def failed_levels(self) -> list[int]:
-        """Levels whose own backward disagrees with a witness, in serial order (empty when ok)."""
-        return sorted({r.level for r in self.rows if r.status == "FAIL" and r.witness in OWN})
+    def failed_levels(self) -> list[str]:
+        """Paths of the levels whose own backward disagrees with a witness, in forward order (empty if ok)."""
+        failed = {r.level for r in self.rows if r.status == "FAIL" and r.witness in OWN}
+        return [p for p in self.levels if p in failed]
 
     @property
-    def first_bad_level(self) -> int | None:
+    def first_bad_level(self) -> str | None:
         """Walking down from the top, the first level whose own backward is wrong: where the error starts."""
         failed = self.failed_levels
         return failed[-1] if failed else None
@@ -103,7 +106,7 @@ class CheckReport:
         """The failing rows."""
         return [r for r in self.rows if r.status == "FAIL"]
 
-    def failed_leaves(self, level: int | None = None) -> set[str]:
+    def failed_leaves(self, level: str | None = None) -> set[str]:
         """Leaves with a failing own-backward witness (at ``level``, default the first bad level)."""
         level = self.first_bad_level if level is None else level
         return {r.leaf for r in self.rows if r.status == "FAIL" and r.witness in OWN and r.level == level}
@@ -119,9 +122,10 @@ class CheckReport:
             return f"FAIL {self.name}: end-to-end gradient disagrees but every level's own backward agrees"
         leaves = ", ".join(sorted(self.failed_leaves()))
         witnesses = ", ".join(sorted({r.witness for r in self.failures() if r.level == bad}))
+        note = next((r.detail for r in self.failures() if r.level == bad and "non-finite" in r.detail), "")
         return (
             f"FAIL {self.name}: error starts at level {bad} ({self.levels[bad]}), "
-            f"leaves {leaves} (witnesses: {witnesses})"
+            f"leaves {leaves} (witnesses: {witnesses})" + (f"; {note}" if note else "")
         )
 
     def table(self, only_failures: bool = False) -> str:
@@ -144,7 +148,7 @@ class CheckReport:
         for r in rows:
             lines.append(
                 (
-                    str(r.level),
+                    r.level,
                     _clip(r.level_name, 22),
                     r.leaf,
                     r.witness,

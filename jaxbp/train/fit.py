@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxbp.combinators import leaves
 from jaxbp.core import Layer, Loss, layer_name
 from jaxbp.errors import NonFiniteError
-from jaxbp.flow import NonFinite, levels, locate_nonfinite
+from jaxbp.flow import NonFinite, locate_nonfinite
 from jaxbp.losses import SoftmaxCrossEntropy
 from jaxbp.step import TrainState, init_train_state, make_predict
 from jaxbp.train import checkpoint
@@ -36,7 +37,8 @@ class FitResult(NamedTuple):
     Attributes:
       train_state: the final :class:`~jaxbp.step.TrainState`.
       history: per-epoch lists (``train_loss``, ``test_accuracy``, ``seconds``) and gradient flow
-        (``dx_norms``, ``dparam_norms``: one row of N level norms before training and after each epoch).
+        (``dx_norms``, ``dparam_norms``: one row of N level norms before training and after each epoch,
+        for the levels ``paths`` named ``levels``).
       test_accuracy: after the last epoch.
       train_loss: mean training loss of the last epoch.
       epochs: epochs completed (including those of a resumed run).
@@ -135,17 +137,115 @@ def _compiled_epoch(builder: Callable, net: Layer, loss: Loss, optimizer, batch_
 _compiled_evaluate = _cached(make_evaluate)
 
 
-def _new_history(net: Layer) -> dict:
-    ls = levels(net)
+def _new_history(net: Layer, in_shape: tuple, dtype) -> dict:
+    named = leaves(net, in_shape, dtype)
     return {
         "epoch": [],
         "train_loss": [],
         "test_accuracy": [],
         "seconds": [],
-        "levels": [layer_name(l) for l in ls],
+        "levels": [layer_name(layer) for _, layer in named],
+        "paths": [path for path, _ in named],
         "dx_norms": [],
         "dparam_norms": [],
     }
+
+
+class _Run(NamedTuple):
+    """What every epoch of one :func:`fit` call uses (built once)."""
+
+    net: Layer
+    loss: Loss
+    data: Dataset
+    x: jax.Array
+    y: jax.Array
+    probe: tuple
+    evaluate: Callable
+    num_batches: int
+    epochs: int
+    checkpoint_dir: str | None
+    config: dict | None
+
+
+def _start(net, optimizer, data: Dataset, *, batch_size, seed, checkpoint_dir, resume, config, log):
+    """``(train_state, history, last epoch done)``: fresh from ``seed``, or resumed from a checkpoint."""
+    if not 0 < batch_size <= len(data.x_train):
+        raise ValueError(
+            f"batch size {batch_size} must lie in [1, {len(data.x_train)}] (the training set's size)"
+        )
+    in_shape = (batch_size, *data.x_train.shape[1:])
+    ts = _compiled_init(net, optimizer, in_shape)(jax.random.PRNGKey(seed))
+    history, start = _new_history(net, in_shape, data.x_train.dtype), 0
+    if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
+        ts, meta = checkpoint.load(checkpoint_dir, ts)
+        if config is not None and meta.get("config") != config:
+            raise checkpoint.CheckpointError(
+                f"{checkpoint.path_in(checkpoint_dir)} was saved by another run configuration:"
+                f" saved {meta.get('config')}, now {config}"
+            )
+        history, start = meta["history"], meta["epoch"]
+        if log:
+            log(f"resumed from {checkpoint.path_in(checkpoint_dir)} after epoch {start}")
+    return ts, history, start
+
+
+def _epoch_function(run: _Run, optimizer, batch_size: int, epoch_builder, progress: bool):
+    """``(epoch, bar_holder)``: the compiled epoch, with a tqdm bar's tick when ``progress``."""
+    holder: list = [None]  # the current epoch's tqdm bar
+
+    def tick(i):
+        if holder[0] is not None:
+            holder[0].update(int(i) + 1 - holder[0].n)
+
+    epoch_builder = epoch_builder or choose_epoch_builder(run.net)
+    if progress:
+        return epoch_builder(run.net, run.loss, optimizer, batch_size, tick), holder
+    return _compiled_epoch(epoch_builder, run.net, run.loss, optimizer, batch_size), holder
+
+
+def _record_flow(history: dict, norms) -> None:
+    history["dx_norms"].append(np.asarray(norms[0]).tolist())
+    history["dparam_norms"].append(np.asarray(norms[1]).tolist())
+
+
+def _train_epoch(run: _Run, ts, e: int, epoch_fn, holder: list, history: dict, progress: bool):
+    """One epoch: train, stop on non-finite values, evaluate; returns ``(ts, train_loss, acc)``."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        holder[0] = tqdm(
+            total=run.num_batches, desc=f"epoch {e}/{run.epochs}", unit="batch", leave=True, file=sys.stderr
+        )
+    ts, losses, bad, bad_rows, before, after = epoch_fn(ts, run.x, run.y, run.probe)
+    losses, bad = np.asarray(losses), int(bad)
+    if not history["dx_norms"]:
+        _record_flow(history, before)
+    if bad >= 0:
+        if holder[0] is not None:
+            holder[0].close()
+        xb, yb = run.x[bad_rows], run.y[bad_rows]
+        _raise_nonfinite(run.net, run.loss, ts, xb, yb, e, bad, float(losses[bad]), run.checkpoint_dir)
+    acc = run.evaluate(ts.params, ts.state, run.data.x_test, run.data.y_test)
+    _record_flow(history, after)
+    return ts, float(losses.mean()), acc
+
+
+def _report_epoch(run: _Run, ts, e: int, history: dict, values: dict, holder: list, log, on_epoch) -> None:
+    """Append the epoch's values to ``history``, log a line (or finish the bar), save the checkpoint."""
+    for k, v in values.items():
+        history[k].append(v)
+    train_loss, acc, secs = values["train_loss"], values["test_accuracy"], values["seconds"]
+    bar = holder[0]
+    if bar is not None:
+        bar.set_postfix_str(f"loss {train_loss:.4f} acc {acc:.4f}")
+        bar.update(run.num_batches - bar.n)
+        bar.close()
+    elif log:
+        log(f"epoch {e:3d}/{run.epochs}  train loss {train_loss:.4f}  test acc {acc:.4f}  {secs:.1f}s")
+    if run.checkpoint_dir:
+        checkpoint.save(run.checkpoint_dir, ts, {"epoch": e, "history": history, "config": run.config})
+    if on_epoch:
+        on_epoch(e, history)
 
 
 def fit(
@@ -164,11 +264,13 @@ def fit(
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[int, dict], None] | None = None,
     epoch_builder: Callable | None = None,
+    devices: int | None = None,
 ) -> FitResult:
     """Train ``net`` on ``data`` with the hand-written backward.
 
     Args:
-      net: the network (``serial`` levels give per-level gradient flow and non-finite localisation).
+      net: the network; every leaf is a level of the gradient flow and of non-finite localisation
+        (``history["paths"]`` names them: ``"3"``, ``"3/branch/1"``).
       data: the train/test split.
       optimizer: an optax transformation (see :func:`make_optimizer`).
       epochs: total epochs of the run (a resumed run continues up to this number).
@@ -184,6 +286,10 @@ def fit(
       on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's checkpoint.
       epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :mod:`jaxbp.train.epoch`);
         default :func:`~jaxbp.train.epoch.choose_epoch_builder`'s pick.
+      devices: the data-parallel device count the epoch builder was built for (``--devices``); when
+        more than one, the train state is replicated over them before the first epoch, so it enters
+        every epoch with one sharding and the epoch compiles once (not again in epoch 2). None: the
+        ``devices`` keyword of a ``functools.partial`` builder, else 1.
 
     Returns:
       A :class:`FitResult`.
@@ -195,91 +301,43 @@ def fit(
     """
     t0 = time.perf_counter()
     loss = loss or _DEFAULT_LOSS
-    if not 0 < batch_size <= len(data.x_train):
-        raise ValueError(
-            f"batch size {batch_size} must lie in [1, {len(data.x_train)}] (the training set's size)"
-        )
-    in_shape = (batch_size, *data.x_train.shape[1:])
-    ts = _compiled_init(net, optimizer, in_shape)(jax.random.PRNGKey(seed))
-    history, start = _new_history(net), 0
-    if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
-        ts, meta = checkpoint.load(checkpoint_dir, ts)
-        if config is not None and meta.get("config") != config:
-            raise checkpoint.CheckpointError(
-                f"{checkpoint.path_in(checkpoint_dir)} was saved by another run configuration:"
-                f" saved {meta.get('config')}, now {config}"
-            )
-        history, start = meta["history"], meta["epoch"]
-        if log:
-            log(f"resumed from {checkpoint.path_in(checkpoint_dir)} after epoch {start}")
-
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    probe = (
-        jnp.asarray(data.x_train[:batch_size]),
-        jnp.asarray(data.y_train[:batch_size]),
-        jax.random.PRNGKey(seed + 1),
+    ts, history, start = _start(
+        net,
+        optimizer,
+        data,
+        batch_size=batch_size,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        config=config,
+        log=log,
     )
-    evaluate = _compiled_evaluate(net)
-    num_batches = len(data.x_train) // batch_size
-
-    def record_flow(norms):
-        history["dx_norms"].append(np.asarray(norms[0]).tolist())
-        history["dparam_norms"].append(np.asarray(norms[1]).tolist())
-
-    bar = None
-
-    def tick(i):
-        if bar is not None:
-            bar.update(int(i) + 1 - bar.n)
-
-    epoch_builder = epoch_builder or choose_epoch_builder(net)
-    if progress:
-        epoch_fn = epoch_builder(net, loss, optimizer, batch_size, tick)
-    else:
-        epoch_fn = _compiled_epoch(epoch_builder, net, loss, optimizer, batch_size)
+    run = _Run(
+        net=net,
+        loss=loss,
+        data=data,
+        x=jnp.asarray(data.x_train),
+        y=jnp.asarray(data.y_train),
+        probe=(
+            jnp.asarray(data.x_train[:batch_size]),
+            jnp.asarray(data.y_train[:batch_size]),
+            jax.random.PRNGKey(seed + 1),
+        ),
+        evaluate=_compiled_evaluate(net),
+        num_batches=len(data.x_train) // batch_size,
+        epochs=epochs,
+        checkpoint_dir=checkpoint_dir,
+        config=config,
+    )
+    epoch_fn, holder = _epoch_function(run, optimizer, batch_size, epoch_builder, progress)
+    ts = _placed(ts, devices if devices is not None else _builder_devices(epoch_builder))
     epoch_seconds = []
     for e in range(start + 1, epochs + 1):
         te = time.perf_counter()
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=num_batches, desc=f"epoch {e}/{epochs}", unit="batch", leave=True, file=sys.stderr
-            )
-        ts, losses, bad, bad_rows, before, after = epoch_fn(ts, x, y, probe)
-        losses, bad = np.asarray(losses), int(bad)
-        if not history["dx_norms"]:
-            record_flow(before)
-        if bad >= 0:
-            if bar is not None:
-                bar.close()
-            _raise_nonfinite(
-                net, loss, ts, x[bad_rows], y[bad_rows], e, bad, float(losses[bad]), checkpoint_dir
-            )
-        acc = evaluate(ts.params, ts.state, data.x_test, data.y_test)
-        train_loss = float(losses.mean())
-        record_flow(after)
+        ts, train_loss, acc = _train_epoch(run, ts, e, epoch_fn, holder, history, progress)
         epoch_seconds.append(time.perf_counter() - te)
-        for k, v in (
-            ("epoch", e),
-            ("train_loss", train_loss),
-            ("test_accuracy", acc),
-            ("seconds", epoch_seconds[-1]),
-        ):
-            history[k].append(v)
-        secs = epoch_seconds[-1]
-        line = f"epoch {e:3d}/{epochs}  train loss {train_loss:.4f}  test acc {acc:.4f}  {secs:.1f}s"
-        if bar is not None:
-            bar.set_postfix_str(f"loss {train_loss:.4f} acc {acc:.4f}")
-            bar.update(num_batches - bar.n)
-            bar.close()
-        elif log:
-            log(line)
-        if checkpoint_dir:
-            checkpoint.save(checkpoint_dir, ts, {"epoch": e, "history": history, "config": config})
-        if on_epoch:
-            on_epoch(e, history)
-
+        values = {"epoch": e, "train_loss": train_loss, "test_accuracy": acc, "seconds": epoch_seconds[-1]}
+        _report_epoch(run, ts, e, history, values, holder, log, on_epoch)
     timed = epoch_seconds[1:] or epoch_seconds
     return FitResult(
         train_state=ts,
@@ -288,8 +346,27 @@ def fit(
         train_loss=history["train_loss"][-1] if history["train_loss"] else float("nan"),
         epochs=len(history["epoch"]),
         seconds=time.perf_counter() - t0,
-        steps_per_second=num_batches * len(timed) / sum(timed) if timed else 0.0,
+        steps_per_second=run.num_batches * len(timed) / sum(timed) if timed else 0.0,
     )
+
+
+def _builder_devices(epoch_builder) -> int | None:
+    keywords = getattr(epoch_builder, "keywords", None) or {}
+    return keywords.get("devices", 1)
+
+
+def _placed(ts, devices: int | None):
+    """``ts`` replicated over the data-parallel mesh of ``devices`` (unchanged for one device).
+
+    The epoch returns the state replicated over the mesh; a state still on one device would make
+    the second epoch a new compilation (the first one's input sharding differs).
+    """
+    from jaxbp.distributed import make_mesh, replicate
+
+    if devices == 1:
+        return ts
+    mesh = make_mesh(devices)
+    return ts if mesh.devices.size == 1 else replicate(mesh, ts)
 
 
 def _raise_nonfinite(net, loss, ts, xb, yb, epoch, batch, value, checkpoint_dir) -> None:

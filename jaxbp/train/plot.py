@@ -11,8 +11,9 @@ def plot_history(history: dict, path: str | os.PathLike) -> None:
     """Write loss/accuracy curves and heatmaps of log10 ‖dL/dx^n‖ and log10 ‖dL/dω^n‖ to an image.
 
     Args:
-      history: ``FitResult.history``: ``epoch``, ``train_loss``, ``test_accuracy``, ``levels`` and
-        ``dx_norms`` / ``dparam_norms`` (one row of per-level norms before training and after each epoch).
+      history: ``FitResult.history``: ``epoch``, ``train_loss``, ``test_accuracy``, ``levels`` (names),
+        ``paths`` (level paths such as ``3/branch/1``, the heatmaps' labels) and ``dx_norms`` /
+        ``dparam_norms`` (one row of per-level norms before training and after each epoch).
       path: the output file; the format follows its suffix (``.png``, ``.pdf``, ``.svg``).
     """
     import matplotlib
@@ -21,7 +22,8 @@ def plot_history(history: dict, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     epochs = np.asarray(history["epoch"])
-    names = [f"{n}: {name}" for n, name in enumerate(history["levels"])]
+    paths = history.get("paths") or [str(n) for n in range(len(history["levels"]))]
+    names = [f"{path}: {name}" for path, name in zip(paths, history["levels"], strict=True)]
     dx = np.asarray(history["dx_norms"], dtype=float).T  # (levels, epochs + 1)
     dp = np.asarray(history["dparam_norms"], dtype=float).T
     dp = np.where(dp > 0, dp, np.nan)  # levels without params: blank, not log(0)
