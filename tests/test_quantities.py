@@ -303,10 +303,10 @@ def test_check_quantities_report(key):
     report = check_quantities(net, (2, 3, 3, 1), names, seeds=1)
     assert isinstance(report, CheckReport) and report.ok, str(report)
     assert {(r.level, r.leaf) for r in report.rows} == {
-        (0, "['kernel']"),
-        (0, "['bias']"),
-        (3, "['W']"),
-        (3, "['b']"),
+        ("0", "['kernel']"),
+        ("0", "['bias']"),
+        ("3", "['W']"),
+        ("3", "['b']"),
     }
     assert {r.witness for r in report.rows} == set(names)
 
@@ -323,6 +323,19 @@ def test_check_quantities_catches_a_wrong_extra(key):
     report = check_quantities(serial(bad), (3, 4), ("batch_l2",), seeds=1)
     assert not report.ok and report.failed_leaves() == {"['W']"}
     assert dataclasses.is_dataclass(report.rows[0])
+
+
+def test_check_layer_verifies_quantities_too(key):
+    import jaxbp
+
+    good = Dense(2)
+    assert jaxbp.check_layer(good, (3, 4), quantities=("batch_l2", "diag_ggn")).ok
+    wrong = dict(good.extras, batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
+    report = jaxbp.check_layer(good._replace(extras=wrong), (3, 4), quantities=("batch_l2",))
+    assert not report.ok and report.first_bad_level == "0" and report.failed_leaves() == {"['W']"}, str(
+        report
+    )
+    assert {r.witness for r in report.failures()} == {"batch_l2"}
 
 
 @pytest.mark.slow

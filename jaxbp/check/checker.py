@@ -17,6 +17,8 @@ JAX autodiff: it is the oracle, never the implementation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,7 @@ def check_layer(
     make_input=None,
     train: bool = True,
     perturb: bool = True,
+    quantities: Sequence[str] = (),
 ) -> CheckReport:
     """Check ``layer.backward`` for every parameter leaf and the input against three witnesses.
 
@@ -81,6 +84,9 @@ def check_layer(
       train: the mode for stateful layers (BatchNorm, Dropout); they get a fixed key.
       perturb: move the initial params by random noise (0.1 + half their RMS), so that special
         initial values (a scale of 1, a bias of 0) do not hide a bug that multiplies by them.
+      quantities: names from :data:`jaxbp.quantities.NAMES`: also verify the layer's hand-written
+        per-example and curvature contributions (its ``extras``) against autodiff oracles in float64
+        (:func:`jaxbp.quantities.check.check_quantities`); their rows join the same report.
 
     Returns:
       A :class:`~jaxbp.check.report.CheckReport`.
@@ -128,9 +134,28 @@ def check_layer(
             }
 
         out = _setup.compiled(jax.vmap(run), jax.random.split(_setup.rbg(key), seeds))
-    return build_report(
+    report = build_report(
         f"{layer_name(layer)} on {shape}", _by_pass(out, dtypes, 0), rtol=rtol, atol=atol or 0.0, seeds=seeds
     )
+    return (
+        _with_quantities(report, layer, shape, tuple(quantities), key, seeds, make_input)
+        if quantities
+        else report
+    )
+
+
+def _with_quantities(
+    report: CheckReport, layer: Layer, shape, quantities, key, seeds, make_input
+) -> CheckReport:
+    """``report`` joined with the rows of :func:`jaxbp.quantities.check.check_quantities` (float64)."""
+    from jaxbp.quantities.check import QuantityReport, check_quantities
+
+    def draw(k, s):
+        return make_input(k, s, jnp.float64)
+
+    with jax.enable_x64(True):
+        q = check_quantities(layer, shape, quantities, seeds=seeds, key=key, make_input=draw)
+    return QuantityReport(name=report.name, levels=report.levels, rows=report.rows + q.rows, seeds=seeds)
 
 
 def _by_pass(out: dict, dtypes: list, seed_axis: int | None) -> dict:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxbp.combinators import walk_backward
 from jaxbp.core import Array, Layer, Loss, Params, State, apply
 from jaxbp.errors import UsageError
 from jaxbp.quantities.engine import (
@@ -18,6 +17,7 @@ from jaxbp.quantities.engine import (
     join_kron,
     loss_sqrt,
     pick,
+    walk_bundles,
 )
 
 
@@ -80,7 +80,7 @@ def value_grad_and(net: Layer, loss: Loss, *names: str, mc_samples: int = 1, tra
         g = loss.backward(lres)
         residuals = {} if "diag_hessian" in names else None
         kron = next((n for n in ("kflr", "kfac") if n in names), None)
-        tree, _ = walk_backward(net, params, res, g, first_order_leaf(first, x.shape[0], residuals, kron))
+        tree, _ = walk_bundles(net, params, res, g, first_order_leaf(first, x.shape[0], residuals, kron))
         q = {n: pick(tree, n) for n in first}
         exact = [n for n in ("diag_ggn", "kflr") if n in names]
         if exact:

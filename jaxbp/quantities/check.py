@@ -14,9 +14,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
+from jaxbp.combinators import walk_forward
+from jaxbp.contract import path_str
 from jaxbp.core import Layer, apply, init_state, layer_name
 from jaxbp.losses import MeanSquaredError
 from jaxbp.quantities.api import value_grad_and
+from jaxbp.quantities.engine import assemble
 
 ORACLES = {
     "batch_grad": "vmap(jax.grad) per example / N",
@@ -35,10 +38,11 @@ class QuantityReport(CheckReport):
     """A :class:`CheckReport` whose witnesses are quantity names (see :data:`ORACLES`)."""
 
     @property
-    def failed_levels(self) -> list[int]:
-        return sorted({r.level for r in self.rows if r.status == "FAIL"})
+    def failed_levels(self) -> list[str]:
+        failed = {r.level for r in self.rows if r.status == "FAIL"}
+        return [p for p in self.levels if p in failed]
 
-    def failed_leaves(self, level: int | None = None) -> set[str]:
+    def failed_leaves(self, level: str | None = None) -> set[str]:
         level = self.first_bad_level if level is None else level
         return {r.leaf for r in self.rows if r.status == "FAIL" and r.level == level}
 
@@ -161,7 +165,7 @@ def check_quantities(
     """
     key = jax.random.PRNGKey(0) if key is None else key
     loss, names, shape = MeanSquaredError(), tuple(quantities), tuple(input_shape)
-    levels = [layer_name(lv) for lv in layer.layers] if layer.kind == "serial" else [layer_name(layer)]
+    levels, owner = _levels(layer, shape, make_input, key)
     worst: dict = {}
     for seed in range(seeds):
         kx, kp, kt, kq, kn = jax.random.split(jax.random.fold_in(key, seed), 5)
@@ -176,7 +180,7 @@ def check_quantities(
         lres = loss.forward(apply(layer, params, x, state=state)[0], t)[1]
         S_mc = loss.extras["sqrt_hessian_mc"](lres, jax.random.split(kq)[1], 1)
         ref = _oracles(layer, loss, params, x, t, state, S_mc, names)
-        for row in _rows(q, ref, params, names, levels, layer.kind == "serial", tol, seed):
+        for row in _rows(q, ref, params, names, levels, owner, tol, seed):
             k = (row.level, row.leaf, row.witness)
             if k not in worst or row.max_rel_err > worst[k].max_rel_err:
                 worst[k] = row
@@ -185,15 +189,42 @@ def check_quantities(
     )
 
 
-def _rows(q, ref, params, names, levels, serial, tol, seed):
+def _levels(layer: Layer, shape, make_input, key) -> tuple[dict[str, str], object]:
+    """``{path: name}`` of the network's leaves (forward order) and a params-shaped tree of paths."""
+    found: dict[tuple[str, ...], str] = {}
+
+    def leaf(path, lv, p, x, *, state, key, train):
+        found[path] = layer_name(lv)
+        return apply(lv, p, x, state=state, key=key, train=train)
+
+    def run(k):
+        x = make_input(k, shape) if make_input else jnp.zeros(shape, jnp.float64)
+        _, params = layer.init(k, shape)
+        walk_forward(layer, params, x, leaf, state=init_state(layer, shape), key=k)
+
+    jax.eval_shape(run, key)
+    owner = assemble(layer, {p: path_str(p) for p in found})
+    return {path_str(p): name for p, name in found.items()}, owner
+
+
+def _level_at(owner, keypath) -> tuple[str, tuple]:
+    """The level path that owns a params leaf at ``keypath``, and the keys below that level."""
+    for i, k in enumerate(keypath):
+        if isinstance(owner, str):
+            return owner, keypath[i:]
+        owner = owner[k.idx] if hasattr(k, "idx") else owner[k.key]
+    return owner, ()
+
+
+def _rows(q, ref, params, names, levels, owner, tol, seed):
     offsets, start = {}, 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         offsets[path] = (start, leaf.size, leaf.shape)
         start += leaf.size
     for name in names:
         for path, (s, n, pshape) in offsets.items():
-            level = int(path[0].idx) if serial else 0
-            leaf = jax.tree_util.keystr(path[1:] if serial else path)
+            level, below = _level_at(owner, path)
+            leaf = jax.tree_util.keystr(below)
             args = (level, levels[level], leaf, name)
             if name not in ("kfac", "kflr"):
                 hand = _get(q[name], path)

@@ -21,10 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp.combinators import walk_backward
 from jaxbp.core import Array, Layer, Loss, apply, is_stateful
 from jaxbp.errors import UsageError
-from jaxbp.quantities.engine import first_order_leaf, pick
+from jaxbp.quantities.engine import first_order_leaf, pick, walk_bundles
 from jaxbp.step import TrainState
 
 METHODS = ("ghost", "materialised")
@@ -50,7 +49,7 @@ def clipped_sum(
     value, lres = loss.forward(y, target)
     g = loss.backward(lres)
     name = "batch_l2" if method == "ghost" else "batch_grad"
-    tree, _ = walk_backward(net, params, res, g, first_order_leaf((name,), n, None))
+    tree, _ = walk_bundles(net, params, res, g, first_order_leaf((name,), n, None))
     q = pick(tree, name)
     if method == "ghost":
         norms = _per_example_norms(q, n)

@@ -3,8 +3,9 @@
 First-order quantities come from the walk of the gradient itself: at every leaf the visitor calls
 the layer's backward and the requested extras on the same ``(params, res, g)``. Curvature comes
 from a second walk of the columns of the loss Hessian's square root, ``jax.vmap``-ed over the
-column axis (a vmap of the hand-written backward). Each leaf returns a :class:`Bundle` in place of
-its dparams, so the walk assembles the per-leaf quantities into the params' tree structure.
+column axis (a vmap of the hand-written backward). Each leaf's visitor hands its real dparams back
+to the walk (the combinators check every level's contract) and keeps a :class:`Bundle` of its
+quantities beside it; :func:`walk_bundles` assembles those into the params' tree structure.
 """
 
 from __future__ import annotations
@@ -50,6 +51,32 @@ def pick(tree, part: str):
     return jax.tree.map(lambda b: b.parts[part], tree, is_leaf=_is_bundle)
 
 
+def walk_bundles(net: Layer, params, res, g, leaf) -> tuple[Any, Any]:
+    """``walk_backward`` with a visitor ``leaf -> (dparams, dx, Bundle)``; returns (tree of Bundles, dx).
+
+    The Bundles are kept beside the walk by path and placed where the leaves' params sit.
+    """
+    bundles: dict = {}
+
+    def visit(path, layer, p, r, gg):
+        dparams, dx, bundles[path] = leaf(path, layer, p, r, gg)
+        return dparams, dx
+
+    _, dx = walk_backward(net, params, res, g, visit)
+    return assemble(net, bundles), dx
+
+
+def assemble(net: Layer, values: dict, path: tuple[str, ...] = ()):
+    """The params-shaped tree of per-leaf ``values`` (by path): combinators by their explicit kind."""
+    if net.walk is None:
+        return values[path]
+    if net.kind == "residual":  # the branch's params are the residual's params
+        return assemble(net.layers[0], values, (*path, "branch"))
+    if net.kind in ("serial", "parallel"):  # one params entry per level / branch
+        return tuple(assemble(c, values, (*path, str(i))) for i, c in enumerate(net.layers))
+    raise UsageError(f"quantities: {where(path, net)} is a combinator of unknown kind {net.kind!r}")
+
+
 def where(path: tuple[str, ...], layer: Layer) -> str:
     """``level 3/branch/1 (Dense(4))``: the path of a leaf and its name, for messages."""
     return f"level {'/'.join(path) or '(the network itself)'} ({layer_name(layer)})"
@@ -93,7 +120,7 @@ def first_order_leaf(names: tuple[str, ...], n: int, collect: dict | None, kron:
         if collect is not None:  # diag_hessian: the second-derivative residual wrt this leaf's input
             collect[path] = extra(path, layer, "diag_hessian", "diag_hessian")(params, res, g)
         if not has_params(params) or not names:
-            return Bundle(parts | {k: dparams for k in names}), dx
+            return dparams, dx, Bundle(parts | {k: dparams for k in names})
         bg = None
         if "batch_grad" in names or any(extra_missing(layer, k) for k in names if k != "batch_grad"):
             bg = extra(path, layer, "batch_grad", names[0])(params, res, g)
@@ -110,7 +137,7 @@ def first_order_leaf(names: tuple[str, ...], n: int, collect: dict | None, kron:
                     parts[k] = jax.tree.map(lambda s, d: s / n - (d / n) ** 2, sgs, dparams)
                 else:
                     parts[k] = sgs
-        return Bundle(parts), dx
+        return dparams, dx, Bundle(parts)
 
     return leaf
 
@@ -149,7 +176,7 @@ def curvature_leaf(diag: bool, kron: bool, inject: dict | None, quantity: str):
                 parts["kron"] = dparams
         if inject is not None and path in inject:
             dx = dx + inject[path]
-        return Bundle(parts), dx
+        return dparams, dx, Bundle(parts)
 
     return leaf
 
@@ -172,7 +199,7 @@ def curvature_walk(net, params, res, S, *, diag, kron, quantity, weights=None, i
     """Walk every column of ``S`` (K, *pred.shape) down the network; returns (diag, kron) trees."""
 
     def one(col, inj):
-        tree, _ = walk_backward(net, params, res, col, curvature_leaf(diag, kron, inj, quantity))
+        tree, _ = walk_bundles(net, params, res, col, curvature_leaf(diag, kron, inj, quantity))
         return tree
 
     trees = jax.vmap(one)(S, inject)
@@ -202,4 +229,13 @@ def check_names(names) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-__all__ = ["FIRST_ORDER", "NAMES", "SECOND_ORDER", "Bundle", "apply", "curvature_walk", "pick"]
+__all__ = [
+    "FIRST_ORDER",
+    "NAMES",
+    "SECOND_ORDER",
+    "Bundle",
+    "apply",
+    "curvature_walk",
+    "pick",
+    "walk_bundles",
+]

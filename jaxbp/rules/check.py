@@ -60,7 +60,7 @@ def _reference(spec, path, layer, p, r, g, e, fb, seen):
     return dp, dx
 
 
-def _rows(level: int, name: str, hand, ref, dtype) -> list[LeafCheck]:
+def _rows(level: str, name: str, hand, ref, dtype) -> list[LeafCheck]:
     rows = []
     eps = float(jnp.finfo(dtype).eps)
     for leaf, h, w in hand_ref_leaves(hand, ref):
@@ -141,14 +141,14 @@ def check_rule(
     e = loss.backward(loss.forward(y, target)[1])
     rec = recorded_backward(spec.walk_net, params, res, e, spec.backward_leaf(e))
     fb = state[1]
-    levels = [f"{path} {layer_name(r[0])}" for path, r in rec.items()]
+    levels = {path: layer_name(r[0]) for path, r in rec.items()}  # forward order, as the checker
     report = CheckReport(
         name=f"{layer_name(rule_net)} against its definition on {tuple(jnp.shape(x))}", levels=levels
     )
     dtype = jnp.result_type(*jax.tree.leaves(params))
-    for i, (path, (layer, p, r, g, dp, dx)) in enumerate(rec.items()):
+    for path, (layer, p, r, g, dp, dx) in rec.items():
         ref = _reference(spec, path, layer, p, r, g, e, fb, seen)
-        report.rows.extend(_rows(i, levels[i], (dp, dx), ref, dtype))
+        report.rows.extend(_rows(path, levels[path], (dp, dx), ref, dtype))
     return report
 
 

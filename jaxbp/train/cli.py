@@ -275,7 +275,9 @@ def main(args: argparse.Namespace) -> int:
             "model": cfg["model"],
             "seed": cfg["seed"],
             "rule": cfg["rule"],
-            "alignment": rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
+            "alignment": None
+            if result.train_state is None
+            else rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
         }
         if "dp_clip" in cfg:
             summary["epsilon"] = result.history["epsilon"][-1] if result.history.get("epsilon") else 0.0
