@@ -87,6 +87,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert all(math.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.slow
 def test_cnn_peer_row_against_pytorch():
     from jaxbp.bench.models import build
     from jaxbp.bench.peer import cnn_peer

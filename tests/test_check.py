@@ -98,6 +98,7 @@ def test_network_passes_and_checks_every_level_loss_and_input():
     }
 
 
+@pytest.mark.slow
 def test_stateful_network():
     net = (
         jaxbp.serial(jaxbp.Dense(6), CATALOGUE["BatchNorm"].default()[0], jaxbp.Tanh(), jaxbp.Dense(2))

@@ -52,6 +52,7 @@ def test_bug_inside_the_attention_of_the_second_residual_branch_is_reported_at_i
     assert {r.level for r in report.rows if r.status == "follows"} == {"1/branch/1"}
 
 
+@pytest.mark.slow
 def test_every_leaf_of_a_parallel_block_is_checked_in_place():
     net = jaxbp.serial(
         jaxbp.FanOut(2), jaxbp.parallel(jaxbp.Dense(3), _doubled(jaxbp.Dense(3), "b")), jaxbp.FanInSum()

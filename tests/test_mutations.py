@@ -174,25 +174,35 @@ def MutMSE(bug: str = "") -> Loss:
 
 
 # (name, layer, input shape, the leaves that must be reported at level 0)
+
+
+def _id(m) -> str:
+    return m.values[0] if hasattr(m, "values") else m[0]
+
+
 LAYER_MUTANTS = [
     ("sign flip in dx", MutDense(3, "dx_sign"), (4, 5), {"x"}),
     ("factor 2 in dW", MutDense(3, "dW_twice"), (4, 5), {"['W']"}),
-    ("error in one param leaf only", MutDense(3, "db_only"), (4, 5), {"['b']"}),
-    ("correct dW, zero dx", MutDense(3, "dx_zero"), (4, 5), {"x"}),
-    ("transposed residual", MutDense(4, "dx_transposed"), (3, 4), {"x"}),
+    pytest.param(
+        "error in one param leaf only", MutDense(3, "db_only"), (4, 5), {"['b']"}, marks=pytest.mark.slow
+    ),
+    pytest.param("correct dW, zero dx", MutDense(3, "dx_zero"), (4, 5), {"x"}, marks=pytest.mark.slow),
+    pytest.param("transposed residual", MutDense(4, "dx_transposed"), (3, 4), {"x"}, marks=pytest.mark.slow),
     ("relative error 1e-4", MutDense(3, "rel_1e-4"), (4, 5), {"['W']"}),
     ("relative error 1e-6", MutDense(3, "rel_1e-6"), (4, 5), {"['W']"}),
     ("reduction over the wrong axis", MutScale("wrong_axis"), (4, 4), {"['s']"}),
-    ("wrong residual (x for y)", MutTanh("wrong_residual"), (4, 5), {"x"}),
+    pytest.param(
+        "wrong residual (x for y)", MutTanh("wrong_residual"), (4, 5), {"x"}, marks=pytest.mark.slow
+    ),
     ("missing mask", MutRelu("no_mask"), (4, 5), {"x"}),
-    ("missing factor", MutSigmoid("missing_factor"), (4, 5), {"x"}),
-    ("error only at padding edges", MutBlur("edges"), (3, 6), {"x"}),
+    pytest.param("missing factor", MutSigmoid("missing_factor"), (4, 5), {"x"}, marks=pytest.mark.slow),
+    pytest.param("error only at padding edges", MutBlur("edges"), (3, 6), {"x"}, marks=pytest.mark.slow),
     ("missing skip-connection term", MutResidual(MutDense(5), "no_skip"), (4, 5), {"x"}),
     ("stateful: missing dropout rescale", MutDropout(0.5, "no_rescale"), (4, 5), {"x"}),
 ]
 
 
-@pytest.mark.parametrize("what,layer,shape,leaves", LAYER_MUTANTS, ids=[m[0] for m in LAYER_MUTANTS])
+@pytest.mark.parametrize("what,layer,shape,leaves", LAYER_MUTANTS, ids=[_id(m) for m in LAYER_MUTANTS])
 def test_layer_mutant_is_caught(what, layer, shape, leaves):
     report = check_layer(layer, shape, dtype=F64)
     assert not report.ok, f"{what}: not caught\n{report}"
@@ -226,20 +236,28 @@ def _mlp(middle: Layer, top: Layer | None = None) -> Layer:
 
 
 NETWORK_MUTANTS = [
-    ("bug in the middle level", _mlp(MutTanh("wrong_residual")), MutMSE(), "1", {"x"}),
+    pytest.param(
+        "bug in the middle level",
+        _mlp(MutTanh("wrong_residual")),
+        MutMSE(),
+        "1",
+        {"x"},
+        marks=pytest.mark.slow,
+    ),
     ("bug in the top level", _mlp(MutTanh(), MutDense(3, "dW_twice")), MutMSE(), "2", {"['W']"}),
-    (
+    pytest.param(
         "wrong input gradient of the first level",
         jaxbp.serial(MutDense(6, "dx_zero"), MutTanh(), MutDense(3)),
         MutMSE(),
         "0",
         {"x"},
+        marks=pytest.mark.slow,
     ),
     ("bug in the loss", _mlp(MutTanh()), MutMSE("half"), "loss", {"pred"}),
 ]
 
 
-@pytest.mark.parametrize("what,net,loss,level,leaves", NETWORK_MUTANTS, ids=[m[0] for m in NETWORK_MUTANTS])
+@pytest.mark.parametrize("what,net,loss,level,leaves", NETWORK_MUTANTS, ids=[_id(m) for m in NETWORK_MUTANTS])
 def test_network_mutant_names_the_level(what, net, loss, level, leaves):
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 5), F64)
     target = jax.random.normal(jax.random.PRNGKey(2), (4, 3), F64)

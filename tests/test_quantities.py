@@ -329,7 +329,7 @@ def test_check_layer_verifies_quantities_too(key):
     import jaxbp
 
     good = Dense(2)
-    assert jaxbp.check_layer(good, (3, 4), quantities=("batch_l2", "diag_ggn")).ok
+    assert jaxbp.check_layer(good, (3, 4), quantities=("batch_l2",)).ok
     wrong = dict(good.extras, batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
     report = jaxbp.check_layer(good._replace(extras=wrong), (3, 4), quantities=("batch_l2",))
     assert not report.ok and report.first_bad_level == "0" and report.failed_leaves() == {"['W']"}, str(

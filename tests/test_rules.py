@@ -132,7 +132,7 @@ def test_dfa_with_one_hidden_layer_and_feedback_like_is_backprop():
 
 @pytest.mark.parametrize(
     "make_rule,make_net,shape",
-    [(RULE_NETS[0], *CONV), (RULE_NETS[3], *MLP), (RULE_NETS[4], *MLP)]
+    [pytest.param(RULE_NETS[0], *CONV, marks=SLOW), (RULE_NETS[3], *MLP), (RULE_NETS[4], *MLP)]
     + [
         pytest.param(r, *n, marks=SLOW)
         for r in RULE_NETS
@@ -245,7 +245,7 @@ def test_feedback_stays_out_of_params_and_a_network_without_weights_is_refused()
         rules.sign_symmetry(net, "xsf")
 
 
-@pytest.mark.parametrize("rule", ["fa", *(pytest.param(r, marks=SLOW) for r in ("brsf", "dfa"))])
+@pytest.mark.parametrize("rule", [pytest.param(r, marks=SLOW) for r in ("fa", "brsf", "dfa")])
 def test_rules_survive_checkpoint_and_resume_bit_for_bit(tmp_path, rule):
     data = tiny_data()
     base = jaxbp.serial(

@@ -97,6 +97,7 @@ def check_network_on(R):
     return jaxbp.check_network(R, LOSS, params, x, t, state=state, key=jax.random.PRNGKey(2))
 
 
+@pytest.mark.slow
 def test_the_general_checker_verifies_local_rules_against_their_definition():
     # FA and sign symmetry keep the net's walk: check_network checks each rule leaf against the
     # autodiff VJP of its extras["check_forward"] (W in dW, B in dx), at the same paths

@@ -35,6 +35,7 @@ def _scanned_step_hlo(net, x_shape, classes):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU layout choice (GPUs keep XLA's own)")
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [2])  # 1-D: XLA re-lays out two of them (0fb_o0i->f0b); not measured
 def test_cpu_conv_backward_has_only_canonical_convolutions_in_a_loop_body(rank):
     conv = jaxbp.Conv2D if rank == 2 else jaxbp.Conv1D
