@@ -291,8 +291,15 @@ def test_cli_rule_json(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
     args = ["train", "--dataset", "npz", "--data-dir", str(tmp_path / "d.npz"), "--epochs", "1"]
     args += ["--batch-size", "16", "--widths", "8,8", "--json", "--rule", "dfa"]
+    args += ["--plot", str(tmp_path / "p.png"), "--checkpoint-dir", str(tmp_path / "ck")]
     assert cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # --plot: the per-level dx angle before training and after each epoch, kept with the checkpoint
+    from jaxbp.train import checkpoint
+
+    tracked = checkpoint.read_meta(tmp_path / "ck")["history"]["tracked"]
+    assert len(tracked) == 2 and set(tracked[0]) == {"1", "3", "5"} and (tmp_path / "p.png").stat().st_size
+    assert tracked[-1]["1"] == summary["alignment"]["1"]["dx"]
     assert summary["rule"] == "dfa" and set(summary["alignment"]) == {"1", "3", "5"}
     assert set(summary["alignment"]["5"]) == {"dx", "dparams", "B_W", "B_W_norm_ratio"}
     assert 0 <= summary["alignment"]["1"]["dx"] <= 180

@@ -254,6 +254,7 @@ def main(args: argparse.Namespace) -> int:
             **({"step_fn": step_fn} if step_fn else {}),
         ),
         on_epoch=on_epoch,
+        track=_angle_tracker(net, data, cfg) if args.plot and cfg["rule"] != "bp" else None,
     )
     plot_error = None
     if args.plot:
@@ -285,6 +286,16 @@ def main(args: argparse.Namespace) -> int:
     if plot_error:
         raise plot_error
     return 0
+
+
+def _angle_tracker(net, data, cfg: dict) -> Callable:
+    """``--plot`` with a rule: each level's angle (degrees) between the rule's dL/dx and backprop's."""
+
+    def track(ts) -> dict[str, float]:
+        angles = rules.final_alignment(net, ts, data, cfg["batch_size"], cfg["seed"])
+        return {path: row["dx"] for path, row in angles.items()}
+
+    return track
 
 
 def _dp_parts(cfg: dict, n_train: int) -> tuple[Callable, Callable]:

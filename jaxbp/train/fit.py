@@ -263,6 +263,7 @@ def fit(
     progress: bool = False,
     log: Callable[[str], None] | None = print,
     on_epoch: Callable[[int, dict], None] | None = None,
+    track: Callable[[TrainState], dict[str, float]] | None = None,
     epoch_builder: Callable | None = None,
     devices: int | None = None,
 ) -> FitResult:
@@ -284,6 +285,9 @@ def fit(
       progress: show a tqdm bar per epoch (for terminals).
       log: called with one line per epoch (None: silent).
       on_epoch: called as ``on_epoch(epoch, history)`` after each epoch's checkpoint.
+      track: ``train_state -> {name: float}``, called before training and after each epoch; the
+        values go to ``history["tracked"]`` (one dict per point, saved with the checkpoint; e.g. the
+        per-level angle between a backward rule's dL/dx and backprop's, which ``--plot`` draws).
       epoch_builder: ``(net, loss, optimizer, batch_size, tick) -> epoch`` (see :mod:`jaxbp.train.epoch`);
         default :func:`~jaxbp.train.epoch.choose_epoch_builder`'s pick.
       devices: the data-parallel device count the epoch builder was built for (``--devices``); when
@@ -332,10 +336,14 @@ def fit(
     epoch_fn, holder = _epoch_function(run, optimizer, batch_size, epoch_builder, progress)
     ts = _placed(ts, devices if devices is not None else _builder_devices(epoch_builder))
     epoch_seconds = []
+    if track and not history.get("tracked"):
+        history["tracked"] = [track(ts)]  # before training
     for e in range(start + 1, epochs + 1):
         te = time.perf_counter()
         ts, train_loss, acc = _train_epoch(run, ts, e, epoch_fn, holder, history, progress)
         epoch_seconds.append(time.perf_counter() - te)
+        if track:
+            history["tracked"].append(track(ts))
         values = {"epoch": e, "train_loss": train_loss, "test_accuracy": acc, "seconds": epoch_seconds[-1]}
         _report_epoch(run, ts, e, history, values, holder, log, on_epoch)
     timed = epoch_seconds[1:] or epoch_seconds

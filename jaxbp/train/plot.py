@@ -28,7 +28,9 @@ def plot_history(history: dict, path: str | os.PathLike) -> None:
     dp = np.asarray(history["dparam_norms"], dtype=float).T
     dp = np.where(dp > 0, dp, np.nan)  # levels without params: blank, not log(0)
 
-    fig, ax = plt.subplots(2, 2, figsize=(12, 3 + 0.3 * len(names)), layout="constrained")
+    tracked = history.get("tracked") or []
+    rows = 3 if tracked else 2
+    fig, ax = plt.subplots(rows, 2, figsize=(12, 3 + 0.3 * len(names) + 3 * (rows - 2)), layout="constrained")
     ax[0, 0].plot(epochs, history["train_loss"], marker=".")
     ax[0, 0].set(title="training loss", xlabel="epoch", yscale="log")
     ax[0, 1].plot(epochs, history["test_accuracy"], marker=".", color="tab:green")
@@ -39,5 +41,15 @@ def plot_history(history: dict, path: str | os.PathLike) -> None:
         a.set(title=title + " per level (probe batch)", xlabel="epoch (0 = before training)", ylabel="level")
         a.set_yticks(range(len(names)), names, fontsize=7)
         fig.colorbar(im, ax=a)
+    if tracked:  # e.g. a backward rule's per-level angle to backprop's dL/dx (Lillicrap's figure)
+        for key in tracked[0]:
+            ax[2, 0].plot(range(len(tracked)), [t[key] for t in tracked], marker=".", label=f"level {key}")
+        ax[2, 0].axhline(90, color="gray", lw=0.8, ls="--")
+        ax[2, 0].set(
+            title="angle (degrees) between the rule's dL/dx and backprop's",
+            xlabel="epoch (0 = before training)",
+        )
+        ax[2, 0].legend(fontsize=7)
+        ax[2, 1].axis("off")
     fig.savefig(path, dpi=110)
     plt.close(fig)
