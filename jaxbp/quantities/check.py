@@ -88,49 +88,41 @@ def _oracles(net, loss, params, x, t, state, S_mc, names):
 
 
 def _row(level, lname, leaf, name, hand, ref, tol, seed, dtype, detail=""):
+    """One report row: the hand-written quantity against its autodiff oracle (max abs error vs scale)."""
     hand, ref = np.asarray(hand, np.float64), np.asarray(ref, np.float64)
+    same = dict(
+        level=level,
+        level_name=lname,
+        leaf=leaf,
+        witness=name,
+        dtype=dtype,
+        tol=tol,
+        atol=0.0,
+        hand="hand-written extras",
+        reference=ORACLES[name],
+        seed=seed,
+    )
     if hand.shape != ref.shape:
         return LeafCheck(
-            level,
-            lname,
-            leaf,
-            name,
-            dtype,
-            np.inf,
-            np.inf,
-            None,
-            None,
-            tol,
-            0.0,
-            "FAIL",
-            "hand-written extras",
-            ORACLES[name],
-            seed,
+            **same,
+            max_abs_err=np.inf,
+            max_rel_err=np.inf,
+            worst_index=None,
+            cosine=None,
+            status="FAIL",
             detail=f"shape {hand.shape} != {ref.shape}",
         )
     err = np.abs(hand - ref)
     scale = max(np.abs(ref).max(initial=0.0), np.abs(hand).max(initial=0.0))
-    worst = tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape)) if err.size else ()
     denom = np.linalg.norm(hand) * np.linalg.norm(ref)
-    cosine = float(np.vdot(hand, ref) / denom) if denom > 0 else 1.0
     abs_err = float(err.max(initial=0.0))
-    status = "ok" if abs_err <= tol * max(scale, 1e-300) or abs_err == 0 else "FAIL"
     return LeafCheck(
-        level,
-        lname,
-        leaf,
-        name,
-        dtype,
-        abs_err,
-        abs_err / scale if scale else abs_err,
-        worst,
-        cosine,
-        tol,
-        0.0,
-        status,
-        "hand-written extras",
-        ORACLES[name],
-        seed,
+        **same,
+        max_abs_err=abs_err,
+        max_rel_err=abs_err / scale if scale else abs_err,
+        worst_index=tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape)) if err.size else (),
+        cosine=float(np.vdot(hand, ref) / denom) if denom > 0 else 1.0,
+        status="ok" if abs_err <= tol * max(scale, 1e-300) or abs_err == 0 else "FAIL",
         detail=detail,
     )
 
