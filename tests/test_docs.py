@@ -10,6 +10,8 @@ one of its headings (GitHub's slug rule).
 from __future__ import annotations
 
 import re
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,9 @@ def test_readme_and_docs_have_examples():
 def test_python_block_runs(page, i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = compile(blocks(page)[i], f"{page.relative_to(ROOT)} (python block {i})", "exec")
-    exec(code, {"__name__": "__docs__"})
+    module = types.ModuleType("__docs__")  # a real module: dataclasses resolve string annotations there
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(code, module.__dict__)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
