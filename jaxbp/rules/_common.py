@@ -67,8 +67,8 @@ def leaves(net: Layer, input_shape: Shape, dtype=jnp.float32) -> list[LeafInfo]:
     return found
 
 
-def params_at(net: Layer, params: Params, path: Path) -> Params:
-    """The params of the level at ``path`` (serial and parallel: entry ``seg``; residual: the branch's)."""
+def at_path(net: Layer, params: Params, path: Path) -> tuple[Layer, Params]:
+    """The level at ``path`` and its params (serial and parallel: entry ``seg``; residual: the branch)."""
     for seg in path:
         if net.kind in ("serial", "parallel"):
             net, params = net.layers[int(seg)], params[int(seg)]
@@ -78,7 +78,7 @@ def params_at(net: Layer, params: Params, path: Path) -> Params:
             raise UsageError(
                 f"cannot find the params of path {path_str(path)} inside a {net.kind!r} combinator"
             )
-    return params
+    return net, params
 
 
 def draw_weight(layer: Layer, key: Array, x_shape: Shape) -> Array:

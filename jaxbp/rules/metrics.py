@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from jaxbp.combinators import walk_backward
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful, layer_name
 from jaxbp.errors import UsageError
-from jaxbp.rules._common import Path, has_feedback, params_at, path_str, rule_spec
+from jaxbp.rules._common import Path, at_path, has_feedback, path_str, rule_spec
 
 
 def recorded_backward(walk_net: Layer, params, res, g, leaf) -> dict:
@@ -140,8 +140,8 @@ def feedback_like(rule_net: Layer, params: Params, *, state: State | None = None
     paths = weight_paths(spec.net)
 
     def W(path):
-        leaf = _leaf_at(spec.net, path)
-        return leaf.extras["feedback_weight"](params_at(spec.net, params, path))
+        leaf, p = at_path(spec.net, params, path)
+        return leaf.extras["feedback_weight"](p)
 
     if spec.name == "fa":
         return net_state, {path_str(p): W(p) for p in paths}
@@ -153,12 +153,6 @@ def feedback_like(rule_net: Layer, params: Params, *, state: State | None = None
         f"feedback_like: no feedback turns {spec.name} on {len(paths)} weight levels into backprop"
         " (fa, frsf, and dfa with one hidden layer have one)"
     )
-
-
-def _leaf_at(net: Layer, path: Path) -> Layer:
-    for seg in path:
-        net = net.layers[0] if net.kind == "residual" else net.layers[int(seg)]
-    return net
 
 
 def run_key(seed: int) -> Array:
