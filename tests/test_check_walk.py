@@ -163,12 +163,12 @@ def test_a_huge_check_is_refused_not_crashed():
 
 def test_witness_masks_are_not_program_constants():
     """The per-leaf masks come from an iota: the compiled program holds no (L, n) constant."""
-    from jaxbp.check._witness import witness_stats
+    from jaxbp.check._witness import witness_values
 
     D = (jnp.ones((300, 300)), jnp.ones(300))
     text = (
-        jax.jit(lambda D: witness_stats(lambda D: D[0] @ D[1], D, D, jnp.ones(300), jax.random.PRNGKey(0)))
-        .lower(D)
+        jax.jit(lambda D, V: witness_values(lambda D: D[0] @ D[1], D, D, jnp.ones(300), V, fd=True))
+        .lower(D, jnp.ones(90300))
         .as_text()
     )
     import re

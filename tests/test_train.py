@@ -153,3 +153,15 @@ def test_gradient_flow_history_and_nonfinite_locator_use_level_paths(tmp_path):
     bad = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(16), jaxbp.Residual(branch), jaxbp.Dense(3))
     with pytest.raises(NonFiniteError, match=r"backward pass: level 2/branch/1 \(Blowup\)"):
         fit(bad, data, make_optimizer(0.05), epochs=1, batch_size=16, log=None)
+
+
+def test_fitting_the_same_model_again_reuses_its_compiled_epoch():
+    """Layers are not hashable (their ``extras`` mapping): the cache keys them by identity."""
+    import importlib
+
+    fit_module = importlib.import_module("jaxbp.train.fit")  # the package exports the function fit
+    net, opt, loss = stateful_net(), optimizer(), jaxbp.SoftmaxCrossEntropy()
+    first = fit_module._compiled_epoch(make_epoch, net, loss, opt, 16)
+    assert fit_module._compiled_epoch(make_epoch, net, loss, opt, 16) is first
+    assert fit_module._compiled_epoch(make_epoch, stateful_net(), loss, opt, 16) is not first
+    assert fit_module._compiled_epoch(make_epoch, net, loss, opt, 8) is not first

@@ -4,21 +4,23 @@
 recording what reaches each leaf (its params, input, state, key and residuals) wherever it sits
 (inside ``serial``, ``Residual``, ``parallel``, nested), takes the true cotangent at every leaf's
 output by autodiff of everything above it, and runs each leaf's own backward against the
-witnesses of :mod:`jaxbp.check._witness`; then the loss as one more level and the whole
-network's backward against autodiff. Static facts (paths, names, leaf names, contract problems)
-come back beside the statistics in a :class:`~jaxbp.core.Static`, so nothing is mutated while
-tracing. :mod:`jaxbp.check._rows` turns the result into report rows.
+witnesses of :mod:`jaxbp.check._witness` (the values they need; their statistics are reduced on
+the host); then the loss as one more level and the whole network's backward against autodiff.
+Static facts (paths, names, leaf names, contract problems) come back beside the values in a
+:class:`~jaxbp.core.Static`, so nothing is mutated while tracing. :mod:`jaxbp.check._rows` turns
+the result into report rows.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp.check._witness import cast, is_float, witness_stats
+from jaxbp.check._witness import cast, is_float, witness_values
 from jaxbp.combinators import walk_forward
 from jaxbp.contract import path_str
 from jaxbp.core import Layer, Static, apply, is_combinator, layer_name
@@ -166,8 +168,9 @@ def _split(s: _Seen) -> tuple[Any, bool]:
     return ((s.params,) if int_x else (s.params, s.x)), int_x
 
 
-def _check_leaf(s: _Seen, g, key, train: bool, fd: bool) -> tuple[dict | None, LevelInfo]:
-    """One leaf's own backward at the cotangent ``g`` against vjp, dot and (float64) fd witnesses.
+def _check_leaf(s: _Seen, g, V, train: bool, fd: bool) -> tuple[dict | None, LevelInfo]:
+    """One leaf's own backward at the cotangent ``g`` against vjp, dot and (float64) fd witnesses
+    (``V``: the random tangent, flat).
 
     A leaf with ``extras["check_forward"]`` skips finite differences: they measure the true
     derivative, which such a backward (a rule, not the gradient) does not compute by design.
@@ -189,14 +192,14 @@ def _check_leaf(s: _Seen, g, key, train: bool, fd: bool) -> tuple[dict | None, L
         fatal=fatal,
     )
     use_fd = fd and "check_forward" not in s.layer.extras
-    stats = None if fatal else witness_stats(F, D, hand, g, key, dot=fd, fd=use_fd)
+    stats = None if fatal else witness_values(F, D, hand, g, V(_size(D)), dot=fd, fd=use_fd)
     return stats, info
 
 
-def _check_loss(top: Top, y, dtype, key, fd: bool) -> tuple[dict, int]:
+def _check_loss(top: Top, y, dtype, V, fd: bool) -> tuple[dict, int]:
     """The loss as one more level: pred -> scalar, cotangent 1."""
-    stats = witness_stats(
-        lambda D: top.value(D[0]), (y,), (top.hand_g(y),), jnp.ones((), dtype), key, dot=fd, fd=fd
+    stats = witness_values(
+        lambda D: top.value(D[0]), (y,), (top.hand_g(y),), jnp.ones((), dtype), V(_size(y)), dot=fd, fd=fd
     )
     return stats, sum(a.size for a in jax.tree.leaves(y))
 
@@ -208,9 +211,7 @@ def _param_levels(params, seen: list[_Seen]) -> list[str]:
     return [owner.get(id(a), first) for a in jax.tree.leaves(params)]
 
 
-def _check_e2e(
-    net: Layer, params, x, state, lkey, train, top: Top, seen, key
-) -> tuple[dict | None, LevelInfo]:
+def _check_e2e(net: Layer, params, x, state, lkey, train, top: Top, seen) -> tuple[dict | None, LevelInfo]:
     """The whole hand-written gradient (params and input) against autodiff of the network of oracles."""
     int_x = not all(is_float(a) for a in jax.tree.leaves(x))
     D = (params,) if int_x else (params, x)
@@ -237,10 +238,34 @@ def _check_e2e(
         return None, info._replace(path=path_str(e.path), problem=e.detail, fatal=True)
     hand, problem, fatal = _hand_like(D, result)
     info = info._replace(problem=problem, fatal=fatal)
-    return (None if fatal else witness_stats(F_all, D, hand, g_true, key, dot=False)), info
+    return (None if fatal else witness_values(F_all, D, hand, g_true, dot=False)), info
 
 
-def probe(net: Layer, params, x, state, lkey, *, train: bool, top: Top, key, dtype, fd: bool) -> dict:
+def _size(tree) -> int:
+    return sum(a.size for a in jax.tree.leaves(tree))
+
+
+def _slice(pool, i: int, n: int):
+    """``n`` draws of ``pool`` for level ``i``: a static slice, so no random op enters the program."""
+    if pool is None:
+        return None
+    o = (7919 * i) % (pool.shape[0] - n + 1)
+    return pool[o : o + n]
+
+
+def tangent_size(net: Layer, params, x, state, lkey, *, train: bool) -> int:
+    """The length of the ``pool`` that :func:`probe` needs: the largest (params, input) of any leaf,
+    or the network's output (the loss level), computed abstractly."""
+
+    def sizes(params, x, state, lkey):
+        seen, y = _record(net, params, x, state, lkey, train)
+        return [_split(s)[0] for s in seen] + [y]
+
+    shapes = jax.eval_shape(sizes, params, x, state, lkey)
+    return max([_size(D) for D in shapes] + [1])
+
+
+def probe(net: Layer, params, x, state, lkey, *, train: bool, top: Top, pool, dtype, fd: bool) -> dict:
     """One pass in ``dtype``: every leaf's own backward in place, the loss and the whole-network gradient.
 
     Args:
@@ -249,7 +274,8 @@ def probe(net: Layer, params, x, state, lkey, *, train: bool, top: Top, key, dty
       lkey: the key the network's random layers get (folded per level by the walk).
       train: the mode for stateful layers.
       top: what sits on top (see :class:`Top`).
-      key: the witnesses' random tangents (leaf ``i`` gets ``fold_in(key, i)``).
+      pool: standard normal draws (flat float64, at least :func:`tangent_size` long) for the witnesses'
+        random tangents; leaf ``i`` gets a slice that starts at a place of its own. Used when ``fd``.
       dtype: the dtype of this pass.
       fd: run the dot-product and finite-difference witnesses (the float64 pass).
 
@@ -261,14 +287,14 @@ def probe(net: Layer, params, x, state, lkey, *, train: bool, top: Top, key, dty
     seen, y = _record(net, params, x, state, lkey, train)
     gs = _cotangents(net, params, x, state, lkey, train, top, seen)
     checked = [
-        _check_leaf(s, g, jax.random.fold_in(key, i), train, fd)
+        _check_leaf(s, g, functools.partial(_slice, pool, i), train, fd)
         for i, (s, g) in enumerate(zip(seen, gs, strict=True))
     ]
     out = {"levels": [c[0] for c in checked], "loss": None, "e2e": None}
     loss_size = e2e = None
     if top.hand_g is not None:
-        out["loss"], loss_size = _check_loss(top, y, dtype, jax.random.fold_in(key, len(seen)), fd)
+        out["loss"], loss_size = _check_loss(top, y, dtype, functools.partial(_slice, pool, len(seen)), fd)
     if is_combinator(net) or top.hand_g is not None:
-        out["e2e"], e2e = _check_e2e(net, params, x, state, lkey, train, top, seen, key)
+        out["e2e"], e2e = _check_e2e(net, params, x, state, lkey, train, top, seen)
     out["info"] = Static(ProbeInfo(levels=tuple(c[1] for c in checked), loss_size=loss_size, e2e=e2e))
     return out

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxbp.check._witness import is_float
+from jaxbp.check._witness import cast, is_float
+from jaxbp.core import Layer, apply, init_state, is_stateful
 from jaxbp.errors import UsageError
 
 
@@ -86,26 +89,94 @@ def native_dtype(tree, fallback=jnp.float32):
     return jnp.dtype(floats[0]) if floats else jnp.dtype(fallback)
 
 
-def random_like(key, tree):
-    """Standard normal draws shaped like ``tree``."""
-    leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten(
-        [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=False)]
+def host_rng(key, *salt: int) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (typed or raw) and ``salt``: the checker draws on the host,
+    so no random op enters the compiled check (each would be compiled for a program run once)."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng([int(v) for v in np.asarray(data, np.uint32).ravel()] + list(salt))
+
+
+def perturbed(params, noise):
+    """``params`` + (0.1 + rms / 2) ``noise`` per floating leaf: away from an init's special values."""
+    return jax.tree.map(
+        lambda a, n: a + (0.1 + 0.5 * jnp.sqrt(jnp.mean(a * a))) * n.astype(a.dtype) if is_float(a) else a,
+        params,
+        noise,
     )
 
 
-def perturbed(key, params):
-    """``params`` + N(0, (0.1 + rms / 2)^2) noise per floating leaf: away from an init's special values."""
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten(
-        [
-            a + (0.1 + 0.5 * jnp.sqrt(jnp.mean(a * a))) * jax.random.normal(k, a.shape, a.dtype)
+class Draws(NamedTuple):
+    """The random inputs of a layer check, drawn on the host, each with a leading seeds axis.
+
+    Attributes:
+      keys: (seeds, 3, 4) uint32: the keys (``unsafe_rbg``) of the layer's ``init``, of a user's
+        ``make_input`` and of a stateful layer's forward.
+      noise: standard normal draws shaped like the params (the perturbation).
+      x: the input (None when a user's ``make_input`` draws it in the program).
+      g: the output cotangent.
+      pool: standard normal float64 draws the witnesses' random tangents are sliced from.
+      state: the layer's initial state, shared by all seeds (no seeds axis).
+    """
+
+    keys: Any
+    noise: Any
+    x: Any
+    g: Any
+    pool: Any
+    state: Any
+
+
+def layer_draws(layer: Layer, shape, key, *, seeds: int, native, make_input, train: bool) -> Draws:
+    """Draw ``seeds`` sets of keys, noise, input, cotangent and tangents for a layer check, with NumPy.
+
+    Only the layer's own ``init`` (and a user's ``make_input``) run in the check's program, on the
+    keys drawn here: every other draw is NumPy, so it adds nothing to compile.
+    """
+    from jaxbp.check._probe import tangent_size
+
+    rng = host_rng(key)
+    keys = rng.integers(0, 2**32, (seeds, 3, 4), dtype=np.uint32)
+    key1 = jax.ShapeDtypeStruct((4,), jnp.uint32)
+    params = jax.eval_shape(lambda k: cast(layer.init(rbg(k), shape)[1], native), key1)
+    state = cast(init_state(layer, shape), native)
+    lkey = jax.eval_shape(rbg, key1) if is_stateful(layer) else None
+    if make_input is None:
+        x = _normal(rng, (seeds,), _input_like(shape, native), native)
+        x1 = _input_like(shape, native)
+    else:
+        x = None
+        x1 = jax.eval_shape(lambda k: make_input(rbg(k), shape, native), key1)
+    y = jax.eval_shape(
+        lambda p, x, k: apply(layer, p, x, state=state, key=k, train=train)[0], params, x1, lkey
+    )
+    n = tangent_size(layer, params, x1, state, lkey, train=train)
+    return Draws(
+        keys=jnp.asarray(keys),
+        noise=_normal(rng, (seeds,), params, jnp.float64),
+        x=x,
+        g=_normal(rng, (seeds,), y, native),
+        pool=jnp.asarray(rng.standard_normal((seeds, n))),
+        state=state,
+    )
+
+
+def _input_like(shape, dtype):
+    """The abstract default input: one array of ``shape``, or a tuple for a tuple of shapes."""
+    if shape and isinstance(shape[0], tuple):
+        return tuple(jax.ShapeDtypeStruct(s, dtype) for s in shape)
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
+def _normal(rng: np.random.Generator, lead: tuple, tree, dtype):
+    """Standard normal NumPy draws shaped ``lead + leaf.shape`` for each floating leaf of ``tree``
+    (zeros for the others), as arrays of ``dtype``."""
+    return jax.tree.map(
+        lambda a: (
+            jnp.asarray(rng.standard_normal(lead + a.shape), dtype)
             if is_float(a)
-            else a
-            for k, a in zip(keys, leaves, strict=False)
-        ]
+            else jnp.zeros(lead + a.shape, a.dtype)
+        ),
+        tree,
     )
 
 

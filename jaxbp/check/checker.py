@@ -17,6 +17,7 @@ JAX autodiff: it is the oracle, never the implementation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -25,13 +26,13 @@ import numpy as np
 import optax
 
 from jaxbp.check import _setup
-from jaxbp.check._probe import Top, probe
+from jaxbp.check._probe import Top, probe, tangent_size
 from jaxbp.check._rows import FD_RTOL, build_report, default_rtol, ratio
-from jaxbp.check._witness import cast, inner
+from jaxbp.check._witness import cast, inner, witness_stats
 from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
 from jaxbp.combinators import walk_forward
 from jaxbp.contract import path_str
-from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful, layer_name
+from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, is_stateful, layer_name
 from jaxbp.step import TrainState, train_step_fn
 
 __all__ = [
@@ -80,7 +81,7 @@ def check_layer(
       atol: absolute tolerance added to every bound (default 0).
       rtol: relative tolerance (default :func:`default_rtol` of each dtype and size).
       seeds: number of random draws.
-      make_input: ``(key, shape, dtype) -> x`` (default standard normal).
+      make_input: ``(key, shape, dtype) -> x`` (default standard normal, drawn with NumPy).
       train: the mode for stateful layers (BatchNorm, Dropout); they get a fixed key.
       perturb: move the initial params by random noise (0.1 + half their RMS), so that special
         initial values (a scale of 1, a bias of 0) do not hide a bug that multiplies by them.
@@ -98,7 +99,6 @@ def check_layer(
     _setup.check_arguments("check_layer", seeds=seeds, rtol=rtol, atol=atol)
     shape = _setup.check_shape("check_layer", input_shape)
     key = jax.random.PRNGKey(0) if key is None else key
-    make_input = make_input or jax.random.normal
     abstract_params = jax.eval_shape(lambda k: layer.init(k, shape)[1], jax.random.PRNGKey(0))
     inputs = shape if shape and isinstance(shape[0], tuple) else (shape,)  # one shape or a tuple of them
     _setup.check_size(
@@ -107,33 +107,33 @@ def check_layer(
     native = jnp.dtype(dtype) if dtype is not None else _setup.native_dtype(abstract_params)
     dtypes = _setup.passes(native)
     with jax.enable_x64(True):
+        draws = _setup.layer_draws(
+            layer, shape, key, seeds=seeds, native=native, make_input=make_input, train=train
+        )
 
-        def run(key):
-            kp, kx, kl, kg, kw, kq = jax.random.split(key, 6)
+        def run(keys, noise, x, g, pool):
+            kp, kx, kl = (_setup.rbg(k) for k in keys)
             params = cast(layer.init(kp, shape)[1], native)
-            if perturb:
-                params = _setup.perturbed(kq, params)
-            x = make_input(kx, shape, native)
-            state = cast(init_state(layer, shape), native)
+            params = _setup.perturbed(params, noise) if perturb else params
+            x = make_input(kx, shape, native) if x is None else x
             lkey = kl if is_stateful(layer) else None
-            g = _setup.random_like(kg, apply(layer, params, x, state=state, key=lkey, train=train)[0])
             return {
                 str(dt): probe(
                     layer,
                     params,
                     x,
-                    state,
+                    draws.state,
                     lkey,
                     train=train,
                     top=Top(value=lambda y, gd=cast(g, dt): inner(gd, y), hand_g=None, g=cast(g, dt)),
-                    key=kw,
+                    pool=pool if dt == jnp.float64 else None,
                     dtype=dt,
                     fd=dt == jnp.float64,
                 )
                 for dt in dtypes
             }
 
-        out = _setup.compiled(jax.vmap(run), jax.random.split(_setup.rbg(key), seeds))
+        out = _setup.compiled(jax.vmap(run), draws.keys, draws.noise, draws.x, draws.g, draws.pool)
     report = build_report(
         f"{layer_name(layer)} on {shape}", _by_pass(out, dtypes, 0), rtol=rtol, atol=atol or 0.0, seeds=seeds
     )
@@ -151,7 +151,7 @@ def _with_quantities(
     from jaxbp.quantities.check import QuantityReport, check_quantities
 
     def draw(k, s):
-        return make_input(k, s, jnp.float64)
+        return (make_input or jax.random.normal)(k, s, jnp.float64)
 
     with jax.enable_x64(True):
         q = check_quantities(layer, shape, quantities, seeds=seeds, key=key, make_input=draw)
@@ -160,15 +160,27 @@ def _with_quantities(
 
 def _by_pass(out: dict, dtypes: list, seed_axis: int | None) -> dict:
     """``{dtype: (stats as NumPy with a leading seeds axis, ProbeInfo)}`` in the order of ``dtypes``
-    (float64 first: its ties excuse the same draws in the native pass) from a probe program's output."""
+    (float64 first: its ties excuse the same draws in the native pass) from a probe program's output:
+    the witnesses' raw values are reduced to statistics here, on the host."""
 
-    def numpy(tree):
-        return jax.tree.map(lambda a: np.asarray(a) if seed_axis == 0 else np.asarray(a)[None], tree)
+    def stats(raw, shapes):
+        if raw is None:
+            return None
+        raw = {k: np.asarray(v) if seed_axis == 0 else np.asarray(v)[None] for k, v in raw.items()}
+        return witness_stats(raw, [math.prod(s) for s in shapes])
 
     passes = {}
     for dt in dtypes:
         o = out[str(jnp.dtype(dt))]
-        passes[jnp.dtype(dt)] = (numpy({k: v for k, v in o.items() if k != "info"}), o["info"].value)
+        info = o["info"].value
+        passes[jnp.dtype(dt)] = (
+            {
+                "levels": [stats(r, i.shapes) for r, i in zip(o["levels"], info.levels, strict=True)],
+                "loss": stats(o["loss"], [(info.loss_size,)] if info.loss_size is not None else []),
+                "e2e": stats(o["e2e"], info.e2e.shapes if info.e2e is not None else []),
+            },
+            info,
+        )
     return passes
 
 
@@ -215,7 +227,11 @@ def check_network(
         native = _setup.native_dtype((params, x))
         dtypes = _setup.passes(native)
 
-        def run(params, x, target, state, lkey):
+        pool = _setup.host_rng(jax.random.PRNGKey(1)).standard_normal(
+            tangent_size(net, params, x, state, key, train=train)
+        )
+
+        def run(params, x, target, state, lkey, pool):
             out = {}
             for dt in dtypes:
                 t = cast(target, dt)
@@ -232,13 +248,13 @@ def check_network(
                     lkey,
                     train=train,
                     top=top,
-                    key=_setup.rbg(jax.random.PRNGKey(1)),
+                    pool=pool if dt == jnp.float64 else None,
                     dtype=dt,
                     fd=dt == jnp.float64,
                 )
             return out
 
-        out = _setup.compiled(run, params, x, target, state, key)
+        out = _setup.compiled(run, params, x, target, state, key, pool)
     name = f"{layer_name(net)} + {loss.name or 'loss'} on {tuple(jnp.shape(x))}"
     return build_report(name, _by_pass(out, dtypes, None), rtol=rtol, atol=atol or 0.0, seeds=1)
 

@@ -9,7 +9,6 @@ Checkpoints are saved after every epoch.
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Callable
@@ -110,16 +109,26 @@ def make_evaluate(net: Layer, chunk: int = 1000) -> Callable:
 _DEFAULT_LOSS = SoftmaxCrossEntropy()
 
 
-def _cached(make: Callable) -> Callable:
-    """``make`` memoised on its arguments when they are hashable (Layer, Loss, optax transforms are)."""
-    memo = functools.lru_cache(maxsize=8)(make)
+def _cached(make: Callable, size: int = 8) -> Callable:
+    """``make`` memoised on its arguments: by value when hashable, else by identity (a ``Layer``
+    holds a read-only ``extras`` mapping, so it is not hashable). A cached entry keeps its
+    arguments alive, so an identity key cannot be reused by another object while it is cached."""
+    memo: dict = {}
+
+    def key(a):
+        try:
+            hash(a)
+        except TypeError:
+            return ("id", id(a))
+        return ("value", a)
 
     def get(*args):
-        try:
-            hash(args)
-        except TypeError:
-            return make(*args)
-        return memo(*args)
+        k = tuple(key(a) for a in args)
+        if k not in memo:
+            if len(memo) >= size:
+                memo.pop(next(iter(memo)))
+            memo[k] = (args, make(*args))
+        return memo[k][1]
 
     return get
 
