@@ -180,13 +180,20 @@ def test_rule_leaf_check_forward_vjp_is_its_backward(variant):
     jaxbp.walk_forward(R, params, x, leaf, state=state, key=key, train=True)
     assert [rules.path_str(f[0]) for f in found] == ["0", "2/branch/0", "5"]
     for _, layer, p, xx, s, k in found:
-        y, res, _ = layer.forward(p, xx, state=s, key=k, train=True)
-        g = jax.random.normal(jax.random.PRNGKey(7), y.shape, F64)
-        hand = layer.backward(p, res, g)
-        f = lambda p, xx, cf=layer.extras["check_forward"], s=s, k=k: cf(p, xx, state=s, key=k, train=True)[0]  # noqa: E731
-        y2, vjp = jax.vjp(f, p, xx)
+
+        def both(p, xx, g, s, k, layer=layer):  # one compiled program per leaf (eager ops compile one by one)
+            y, res, _ = layer.forward(p, xx, state=s, key=k, train=True)
+            cf = layer.extras["check_forward"]
+            y2, vjp = jax.vjp(lambda p, xx: cf(p, xx, state=s, key=k, train=True)[0], p, xx)
+            return y, y2, layer.backward(p, res, g), vjp(g)
+
+        shape = jax.eval_shape(
+            lambda p, xx, s, k, layer=layer: layer.forward(p, xx, state=s, key=k, train=True)[0], p, xx, s, k
+        ).shape
+        g = jnp.asarray(np.random.default_rng(7).normal(size=shape), F64)
+        y, y2, hand, want = jax.jit(both)(p, xx, g, s, k)
         assert float(jnp.max(jnp.abs(y2 - y))) < 1e-15
-        assert max_diff(hand, vjp(g)) < 1e-12
+        assert max_diff(hand, want) < 1e-12
 
 
 def test_dfa_check_forward_vjp_is_its_backward():
