@@ -8,10 +8,11 @@ import os
 # approximates transcendental functions). `make test-all` (and CI) run everything at level 2, the
 # level users get. Set before JAX starts its backend.
 LEVEL = os.environ.setdefault("JAXBP_TEST_XLA_LEVEL", "1")
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level={LEVEL}".strip()
+FLAGS = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level={LEVEL}"
+os.environ["XLA_FLAGS"] = FLAGS.strip()
 
 import jax  # noqa: E402
-import pytest
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
