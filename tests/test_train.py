@@ -157,11 +157,10 @@ def test_gradient_flow_history_and_nonfinite_locator_use_level_paths(tmp_path):
 
 def test_fitting_the_same_model_again_reuses_its_compiled_epoch():
     """Layers are not hashable (their ``extras`` mapping): the cache keys them by identity."""
-    import importlib
+    from jaxbp.train import pieces
 
-    fit_module = importlib.import_module("jaxbp.train.fit")  # the package exports the function fit
     net, opt, loss = stateful_net(), optimizer(), jaxbp.SoftmaxCrossEntropy()
-    first = fit_module._compiled_epoch(make_epoch, net, loss, opt, 16)
-    assert fit_module._compiled_epoch(make_epoch, net, loss, opt, 16) is first
-    assert fit_module._compiled_epoch(make_epoch, stateful_net(), loss, opt, 16) is not first
-    assert fit_module._compiled_epoch(make_epoch, net, loss, opt, 8) is not first
+    first = pieces.compiled_epoch(make_epoch, net, loss, opt, 16)
+    assert pieces.compiled_epoch(make_epoch, net, loss, opt, 16) is first
+    assert pieces.compiled_epoch(make_epoch, stateful_net(), loss, opt, 16) is not first
+    assert pieces.compiled_epoch(make_epoch, net, loss, opt, 8) is not first

@@ -23,11 +23,20 @@ from jaxbp.combinators import leaves
 from jaxbp.core import Layer, Loss, layer_name
 from jaxbp.errors import NonFiniteError
 from jaxbp.flow import NonFinite, locate_nonfinite
-from jaxbp.losses import SoftmaxCrossEntropy
-from jaxbp.step import TrainState, init_train_state, make_predict
+from jaxbp.step import TrainState
 from jaxbp.train import checkpoint
 from jaxbp.train.data import Dataset
 from jaxbp.train.epoch import choose_epoch_builder
+from jaxbp.train.pieces import (
+    DEFAULT_LOSS,
+    compiled_epoch,
+    compiled_evaluate,
+    compiled_init,
+    make_evaluate,
+    make_optimizer,
+)
+
+__all__ = ["FitResult", "NonFiniteError", "fit", "make_evaluate", "make_optimizer"]
 
 
 class FitResult(NamedTuple):
@@ -53,97 +62,6 @@ class FitResult(NamedTuple):
     epochs: int
     seconds: float
     steps_per_second: float
-
-
-def make_optimizer(
-    lr: float,
-    *,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    schedule: str = "constant",
-    total_steps: int = 1,
-    name: str = "sgd",
-) -> optax.GradientTransformation:
-    """SGD (with momentum) or Adam, with optional L2 weight decay and a cosine learning-rate schedule.
-
-    Args:
-      lr: peak learning rate.
-      momentum: SGD momentum (0 for plain SGD); ignored by Adam.
-      weight_decay: adds ``weight_decay * ω`` to the gradient before the update.
-      schedule: "constant" or "cosine" (decay to 0 over ``total_steps``).
-      total_steps: steps in the whole run, for the schedule.
-      name: "sgd" or "adam".
-    """
-    if schedule == "cosine":
-        rate = optax.cosine_decay_schedule(lr, max(total_steps, 1))
-    elif schedule == "constant":
-        rate = lr
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
-    base = optax.sgd(rate, momentum=momentum or None) if name == "sgd" else optax.adam(rate)
-    return optax.chain(optax.add_decayed_weights(weight_decay), base) if weight_decay else base
-
-
-def make_evaluate(net: Layer, chunk: int = 1000) -> Callable:
-    """``evaluate(params, state, x, y) -> accuracy`` over fixed-size chunks (one compilation)."""
-    predict = make_predict(net)
-
-    def evaluate(params, state, x: np.ndarray, y: np.ndarray) -> float:
-        n = len(x)
-        size = min(chunk, n)
-        correct = 0
-        for start in range(0, n, size):
-            xb = x[start : start + size]
-            pad = size - len(xb)
-            if pad:
-                xb = np.concatenate([xb, np.zeros((pad, *xb.shape[1:]), xb.dtype)])
-            pred = np.asarray(predict(params, jnp.asarray(xb), state)).argmax(-1)[: size - pad]
-            correct += int((pred == y[start : start + size]).sum())
-        return correct / n
-
-    return evaluate
-
-
-# Compiled pieces are cached per (network, loss, optimizer, ...) object, so fitting the same
-# model again (resuming, several data sets of one shape) does not compile again.
-_DEFAULT_LOSS = SoftmaxCrossEntropy()
-
-
-def _cached(make: Callable, size: int = 8) -> Callable:
-    """``make`` memoised on its arguments: by value when hashable, else by identity (a ``Layer``
-    holds a read-only ``extras`` mapping, so it is not hashable). A cached entry keeps its
-    arguments alive, so an identity key cannot be reused by another object while it is cached."""
-    memo: dict = {}
-
-    def key(a):
-        try:
-            hash(a)
-        except TypeError:
-            return ("id", id(a))
-        return ("value", a)
-
-    def get(*args):
-        k = tuple(key(a) for a in args)
-        if k not in memo:
-            if len(memo) >= size:
-                memo.pop(next(iter(memo)))
-            memo[k] = (args, make(*args))
-        return memo[k][1]
-
-    return get
-
-
-@_cached
-def _compiled_init(net: Layer, optimizer: optax.GradientTransformation, in_shape: tuple) -> Callable:
-    return jax.jit(lambda key: init_train_state(net, optimizer, key, in_shape)[1])
-
-
-@_cached
-def _compiled_epoch(builder: Callable, net: Layer, loss: Loss, optimizer, batch_size: int) -> Callable:
-    return builder(net, loss, optimizer, batch_size, None)
-
-
-_compiled_evaluate = _cached(make_evaluate)
 
 
 def _new_history(net: Layer, in_shape: tuple, dtype) -> dict:
@@ -183,7 +101,7 @@ def _start(net, optimizer, data: Dataset, *, batch_size, seed, checkpoint_dir, r
             f"batch size {batch_size} must lie in [1, {len(data.x_train)}] (the training set's size)"
         )
     in_shape = (batch_size, *data.x_train.shape[1:])
-    ts = _compiled_init(net, optimizer, in_shape)(jax.random.PRNGKey(seed))
+    ts = compiled_init(net, optimizer, in_shape)(jax.random.PRNGKey(seed))
     history, start = _new_history(net, in_shape, data.x_train.dtype), 0
     if resume and checkpoint_dir and checkpoint.exists(checkpoint_dir):
         ts, meta = checkpoint.load(checkpoint_dir, ts)
@@ -209,7 +127,7 @@ def _epoch_function(run: _Run, optimizer, batch_size: int, epoch_builder, progre
     epoch_builder = epoch_builder or choose_epoch_builder(run.net)
     if progress:
         return epoch_builder(run.net, run.loss, optimizer, batch_size, tick), holder
-    return _compiled_epoch(epoch_builder, run.net, run.loss, optimizer, batch_size), holder
+    return compiled_epoch(epoch_builder, run.net, run.loss, optimizer, batch_size), holder
 
 
 def _record_flow(history: dict, norms) -> None:
@@ -313,7 +231,7 @@ def fit(
       ValueError: a batch size larger than the training set.
     """
     t0 = time.perf_counter()
-    loss = loss or _DEFAULT_LOSS
+    loss = loss or DEFAULT_LOSS
     ts, history, start = _start(
         net,
         optimizer,
@@ -336,7 +254,7 @@ def fit(
             jnp.asarray(data.y_train[:batch_size]),
             jax.random.PRNGKey(seed + 1),
         ),
-        evaluate=_compiled_evaluate(net),
+        evaluate=compiled_evaluate(net),
         num_batches=len(data.x_train) // batch_size,
         epochs=epochs,
         checkpoint_dir=checkpoint_dir,
