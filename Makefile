@@ -17,8 +17,8 @@ setup: $(STAMP)
 train: $(STAMP)
 	$(PY) -m jaxbp train
 
-# The fast tier compiles at XLA:CPU backend level 1 (tests/conftest.py); test-all runs both tiers at
-# XLA's default level 2, the one users get.
+# The fast tier compiles at XLA:CPU backend level 1 with the classic emitters (tests/conftest.py);
+# test-all runs both tiers with XLA's defaults (level 2), the compiler users get.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15 -m "not slow"
 

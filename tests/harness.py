@@ -44,9 +44,9 @@ def assert_trees_close(got, want, rtol: float, what: str = "") -> None:
 
 
 def compiled(fn, *args):
-    """``jax.jit(fn)(*args)`` compiled at XLA backend optimisation level 1: a third of the default
-    compile time for these small one-shot programs, with the same float64 accuracy (level 0 is not:
-    it approximates transcendental functions)."""
+    """``jax.jit(fn)(*args)`` compiled at XLA backend optimisation level ``JAXBP_TEST_XLA_LEVEL`` (1 in
+    the fast tier: a third of the default compile time for these small one-shot programs, with the
+    same float64 accuracy; level 0 is not exact: it approximates transcendental functions)."""
     level = int(os.environ.get("JAXBP_TEST_XLA_LEVEL", "1"))
     lowered = jax.jit(fn).lower(*args)
     return lowered.compile(compiler_options={"xla_backend_optimization_level": level})(*args)
