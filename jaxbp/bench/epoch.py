@@ -5,8 +5,10 @@ PyTorch is an optional dependency: without it the torch column is skipped.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -62,8 +64,21 @@ def _torch_epoch_fn(params, lr: float):
     return epoch, torch.__version__
 
 
+def _calls_per_block(fn: Callable, min_block_s: float) -> int:
+    """Calls of ``fn`` (one epoch each) that last about ``min_block_s``: a block of several epochs
+    amortises the first one after a switch, which shares the cores with the previous method's
+    worker threads still spinning (PyTorch's OpenMP pool, XLA's)."""
+    start = time.perf_counter()
+    fn()
+    return max(1, math.ceil(min_block_s / max(time.perf_counter() - start, 1e-7)))
+
+
 def epoch_benchmark(
-    batch: int = 32, repeats: int = 5, threads: tuple[int, ...] = (2, 1), limit: int | None = None
+    batch: int = 32,
+    repeats: int = 5,
+    threads: tuple[int, ...] = (2, 1),
+    limit: int | None = None,
+    min_block_s: float = 0.05,
 ) -> dict:
     """Seconds per digits epoch for per-step dispatch, the compiled epoch and PyTorch eager (medians).
 
@@ -72,6 +87,8 @@ def epoch_benchmark(
       repeats: timed epochs of each method, interleaved, after one warm-up epoch each.
       threads: PyTorch intra-op thread counts to time; the first should match the cores XLA uses.
       limit: at most this many steps per epoch (for quick runs).
+      min_block_s: each timed sample is a block of consecutive epochs of one method lasting about
+        this long (its mean per epoch); the methods alternate block by block.
 
     Returns:
       A dict with ``steps``, ``per_step_s``, ``compiled_s``, ``torch_s`` (``{threads: seconds}``,
@@ -116,11 +133,13 @@ def epoch_benchmark(
 
     times: dict[str, list[float]] = {k: [] for k in methods}
     last: dict[str, float] = {k: fn() for k, fn in methods.items()}  # warm-up (and compilation)
+    calls = {k: _calls_per_block(fn, min_block_s) for k, fn in methods.items()}
     for r in range(repeats):
         for k in methods if r % 2 == 0 else reversed(list(methods)):
             start = time.perf_counter()
-            last[k] = methods[k]()
-            times[k].append(time.perf_counter() - start)
+            for _ in range(calls[k]):
+                last[k] = methods[k]()
+            times[k].append((time.perf_counter() - start) / calls[k])
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "batch": batch,

@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             repeats=max(3, args.repeats // 3),
             threads=args.torch_threads,
             limit=4 if args.quick else None,
+            min_block_s=args.min_block,
         )
         say("  digits epoch done")
     return out
