@@ -108,7 +108,7 @@ def check_layer(
             layer, shape, key, seeds=seeds, native=native, make_input=make_input, train=train
         )
 
-        def run(keys, noise, x, g, pool):
+        def run(keys, noise, x, g, pool, state):
             kp, kx, kl = (_setup.rbg(k) for k in keys)
             params = cast(layer.init(kp, shape)[1], native)
             params = _setup.perturbed(params, noise) if perturb else params
@@ -119,7 +119,7 @@ def check_layer(
                     layer,
                     params,
                     x,
-                    draws.state,
+                    state,
                     lkey,
                     train=train,
                     top=Top(value=lambda y, gd=cast(g, dt): inner(gd, y), hand_g=None, g=cast(g, dt)),
@@ -130,7 +130,8 @@ def check_layer(
                 for dt in dtypes
             }
 
-        out = _setup.compiled(jax.vmap(run), draws.keys, draws.noise, draws.x, draws.g, draws.pool)
+        batched = jax.vmap(run, in_axes=(0, 0, 0, 0, 0, None))  # one state for every seed
+        out = _setup.compiled(batched, draws.keys, draws.noise, draws.x, draws.g, draws.pool, draws.state)
     report = build_report(
         f"{layer_name(layer)} on {shape}", _by_pass(out, dtypes, 0), rtol=rtol, atol=atol or 0.0, seeds=seeds
     )
