@@ -30,27 +30,19 @@ from jaxbp.quantities import value_grad_and
 from jaxbp.quantities.dp import dp_train_step_fn, noise_for_epsilon
 from jaxbp.step import init_train_state, train_step_fn
 
+ALL_QUANTITIES = (
+    "batch_l2",
+    "sum_grad_squared",
+    "variance",
+    "batch_grad",
+    "diag_ggn_mc",
+    "kfac",
+    "diag_ggn",
+    "kflr",
+)
 PER_MODEL = {
-    "mlp_large": (
-        "batch_l2",
-        "sum_grad_squared",
-        "variance",
-        "batch_grad",
-        "diag_ggn_mc",
-        "kfac",
-        "diag_ggn",
-        "kflr",
-    ),
-    "cnn": (
-        "batch_l2",
-        "sum_grad_squared",
-        "variance",
-        "batch_grad",
-        "diag_ggn_mc",
-        "kfac",
-        "diag_ggn",
-        "kflr",
-    ),
+    "mlp_large": ALL_QUANTITIES,
+    "cnn": ALL_QUANTITIES,
     "transformer": ("batch_l2", "sum_grad_squared", "variance", "batch_grad", "diag_ggn_mc"),
 }
 

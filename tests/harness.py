@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.core import Layer, apply, init_state, is_stateful
+from jaxbp.train.data import Dataset
 
 # Relative tolerance (max-norm of the error over max-norm of the reference) per dtype.
 RTOL = {jnp.dtype(jnp.float64): 1e-12, jnp.dtype(jnp.float32): 2e-5, jnp.dtype(jnp.bfloat16): 3e-2}
@@ -201,3 +202,24 @@ def edge_cases() -> dict[str, list[tuple[Layer, tuple[int, ...]]]]:
             )
         ],
     }
+
+
+def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:
+    """A tiny training set (train and rules tests): 3 classes of noisy 4x4 images around patterns."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
+
+    def draw(n):
+        y = rng.integers(0, 3, n).astype(np.int32)
+        return (centres[y] + 0.5 * rng.normal(size=(n, 4, 4, 1))).astype(np.float32), y
+
+    return Dataset(*draw(n_train), *draw(n_test), 3, "tiny")
+
+
+def same_tree(a, b) -> bool:
+    """Same structure, dtypes and bit-identical values (resume == uninterrupted)."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(
+        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(la, lb, strict=True)
+    )

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from harness import same_tree, tiny_data
 
 import jaxbp
 from jaxbp import rules
@@ -11,30 +12,9 @@ from jaxbp.errors import JaxbpError, UsageError
 from jaxbp.layers.dropout import Dropout
 from jaxbp.rules.metrics import recorded_backward
 from jaxbp.train import checkpoint
-from jaxbp.train.data import Dataset
 from jaxbp.train.fit import fit, make_optimizer
 
 F64 = jnp.float64
-
-
-def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:
-    """3 classes of noisy 4x4 images around class-specific patterns."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
-
-    def draw(n):
-        y = rng.integers(0, 3, n).astype(np.int32)
-        return (centres[y] + 0.5 * rng.normal(size=(n, 4, 4, 1))).astype(np.float32), y
-
-    return Dataset(*draw(n_train), *draw(n_test), 3, "tiny")
-
-
-def same_tree(a, b) -> bool:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(
-        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(la, lb, strict=True)
-    )
 
 
 LOSS = jaxbp.SoftmaxCrossEntropy()

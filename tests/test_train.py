@@ -5,27 +5,15 @@ import json
 import jax
 import numpy as np
 import pytest
+from harness import same_tree, tiny_data
 
 import jaxbp
 from jaxbp import cli
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.norm import BatchNorm
 from jaxbp.train import checkpoint
-from jaxbp.train.data import Dataset
 from jaxbp.train.epoch import make_epoch, make_epoch_loop
 from jaxbp.train.fit import NonFiniteError, fit, make_optimizer
-
-
-def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:
-    """3 classes of noisy 4x4 images around class-specific patterns."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(3, 4, 4, 1)).astype(np.float32)
-
-    def draw(n):
-        y = rng.integers(0, 3, n).astype(np.int32)
-        return (centres[y] + 0.5 * rng.normal(size=(n, 4, 4, 1))).astype(np.float32), y
-
-    return Dataset(*draw(n_train), *draw(n_test), 3, "tiny")
 
 
 def stateful_net():
@@ -38,14 +26,6 @@ def stateful_net():
 def optimizer():
     """SGD with momentum, weight decay and a cosine schedule over 3 epochs of 6 steps."""
     return make_optimizer(0.1, momentum=0.9, weight_decay=1e-3, schedule="cosine", total_steps=3 * 6)
-
-
-def same_tree(a, b) -> bool:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return len(la) == len(lb) and all(
-        x.dtype == y.dtype and np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(la, lb, strict=True)
-    )
 
 
 def test_cli_prints_epochs_json_and_writes_plot_and_checkpoint(tmp_path, capsys):
