@@ -186,12 +186,10 @@ def _normal(rng: np.random.Generator, lead: tuple, tree, dtype):
     )
 
 
-def rbg(key):
-    """The checker's own random draws use XLA's RngBitGenerator: one op instead of an unrolled
-    threefry per draw halves the compile time, which dominates a check."""
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    data = jnp.asarray(data, jnp.uint32).reshape(-1)
-    return jax.random.wrap_key_data(jnp.concatenate([data, data])[:4], impl="unsafe_rbg")
+def rbg(data):
+    """The key of XLA's RngBitGenerator (``unsafe_rbg``) with 4 uint32 words drawn on the host: one op
+    per draw of the layer's own ``init``, where threefry would unroll into many (compile time)."""
+    return jax.random.wrap_key_data(data, impl="unsafe_rbg")
 
 
 def passes(native) -> list:
