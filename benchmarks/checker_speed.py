@@ -53,13 +53,17 @@ report = jaxbp.check_network(net, jaxbp.SoftmaxCrossEntropy(), params, x, t)
 t0 = time.perf_counter()
 reports = jaxbp.check_catalogue()
 report = type("R", (), {"ok": all(r.ok for r in reports.values())})()
+failed = [name for name, r in reports.items() if not r.ok]
 """,
 }
 
 GOALS = {"layer": 1.0, "network": 3.0, "catalogue": 30.0}
 
 PRELUDE = "import time, json\nimport jax, jax.numpy as jnp\nimport jaxbp\n"
-EPILOGUE = "\nprint(json.dumps({'seconds': time.perf_counter() - t0, 'ok': bool(report.ok)}))\n"
+EPILOGUE = """
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "ok": bool(report.ok), "failed": globals().get("failed", [])}))
+"""
 
 
 def time_case(code: str) -> dict:
@@ -83,7 +87,8 @@ def main(argv=None) -> int:
     for name in args.cases.split(","):
         runs = [time_case(CASES[name]) for _ in range(args.rounds)]
         secs = [r["seconds"] for r in runs]
-        ok = "pass" if all(r["ok"] for r in runs) else "FAIL"
+        failed = sorted({name for r in runs for name in r["failed"]})
+        ok = "pass" if all(r["ok"] for r in runs) else "FAIL " + ", ".join(failed)
         spread = f"{min(secs):.2f}-{max(secs):.2f}"
         print(f"| {NAMES[name]} | {statistics.median(secs):.2f} | {spread} | {GOALS[name]:.0f} | {ok} |")
     return 0
