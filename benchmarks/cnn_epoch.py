@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
         per_step = 1e3 * t / a.batches
         print(f"{k:5}: {t:.2f} s per epoch of {a.batches} batches of {a.batch} ({per_step:.0f} ms/step)")
     print(f"scan / loop = {res['scan'] / res['loop']:.2f}; jax {jax.__version__}, {jax.default_backend()}")
-    same = jnp.allclose(states["scan"].params[-1]["W"], states["loop"].params[-1]["W"], rtol=1e-3, atol=1e-5)
-    print(f"same params after {a.rounds + 1} epochs: {bool(same)}")
+    # The two builders run the same steps, and on CPU their float32 params agree to rounding. On an
+    # H200 (2026-11-28) they differed by more than rtol 1e-3 after 2 epochs; GPUs run float32
+    # products in TF32 by default and the programs fuse differently, but the cause was not isolated
+    # there. So this prints the drift rather than a verdict.
+    pairs = zip(jax.tree.leaves(states["scan"].params), jax.tree.leaves(states["loop"].params), strict=True)
+    drift = max(float(jnp.linalg.norm(s - p) / jnp.linalg.norm(p)) for s, p in pairs)
+    print(f"params after {a.rounds + 1} epochs, scan vs loop: largest relative leaf difference {drift:.1e}")
     return res
 
 

@@ -103,7 +103,7 @@ def test_cnn_peer_row_against_pytorch():
     assert all(math.isfinite(peer[k]) and peer[k] > 0 for k in ("jaxbp_s", "torch_s", "ratio"))
     table = format_table({"machine": machine_info(), "models": [], "skipped": {}, "peer": [peer]})
     assert "| CNN train step (SGD momentum) |" in table and "on cpu, 1 thread(s)" in table
-    assert "PyTorch not installed" in format_table(
+    assert "No PyTorch peer on cpu" in format_table(
         {"machine": machine_info(), "models": [], "skipped": {}, "peer": []}
     )
 

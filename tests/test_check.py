@@ -165,3 +165,24 @@ def test_network_on_a_tie_is_not_a_failure():
     report = check_network(net, jaxbp.MeanSquaredError(), params, x, target)
     assert report.ok, str(report)
     assert {r.status for r in report.rows if r.leaf == "x" and r.level == "0"} == {"kink"}, str(report)
+
+
+def test_checker_programs_compute_products_at_full_precision():
+    # A GPU runs float32 products in TF32 and a TPU in bfloat16 passes by default; two correct
+    # backwards ordering their products differently then disagree beyond float32's tolerance (the
+    # LSTM's float32 pass failed on an H200). The checker traces its programs at "highest".
+    from jaxbp.check import _setup
+
+    def f(a, b):
+        return jax.lax.conv(a[None, None], b[None, None], (1, 1), "SAME").sum() + (a @ b.T).sum()
+
+    x = jnp.ones((3, 4))
+    lines = [
+        ln
+        for ln in _setup.lowered(f, x, x).as_text().splitlines()
+        if "dot_general" in ln or "convolution" in ln
+    ]
+    assert len(lines) == 2 and all("HIGHEST" in ln for ln in lines), lines
+    assert (
+        "HIGHEST" not in jax.jit(f).lower(x, x).as_text()
+    )  # scoped to the checker: the caller's setting stays

@@ -145,6 +145,22 @@ def bench_model(
     return result
 
 
+def on_cpu() -> bool:
+    """Whether JAX computes on the CPU: PyTorch CPU peers are compared only then (side by side on
+    one device; on a GPU the peer is PyTorch on CUDA)."""
+    return jax.default_backend() == "cpu"
+
+
+def _cnn_peers(model, args: argparse.Namespace) -> list[dict]:
+    """The CNN step against PyTorch eager on the device JAX uses: CPU thread counts, or CUDA."""
+    repeats = max(3, args.repeats // 2)
+    if not on_cpu():
+        if not torch_sees_gpu():
+            return []
+        return [p for p in [cnn_peer(model, repeats, 1, args.min_block, "cuda")] if p]
+    return [p for n in args.torch_threads if (p := cnn_peer(model, repeats, n, min_block_s=args.min_block))]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark as configured by the command-line ``args``; return all figures."""
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if not args.silent else (lambda *a: None)
@@ -162,14 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["models"].append(r)
         say(f"  {name}: value_and_grad x{r['vg']['ratio']:.3f}, train step x{r['step']['ratio']:.3f}")
         if model.widths and args.peer:
-            out["peer"] = [
-                p
-                for n in args.torch_threads
-                if (p := cnn_peer(model, max(3, args.repeats // 2), n, min_block_s=args.min_block))
-                is not None
-            ]
-            if torch_sees_gpu():
-                out["peer"].append(cnn_peer(model, max(3, args.repeats // 2), 1, args.min_block, "cuda"))
+            out["peer"] = _cnn_peers(model, args)
             say(f"  {name}: PyTorch peer " + ", ".join(f"x{p['ratio']:.2f}" for p in out["peer"]))
     if args.gemm_n:
         out["gemm"] = gemm_throughput(args.gemm_n, repeats=max(3, args.repeats // 2))
@@ -178,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["epoch"] = epoch_benchmark(
             batch=args.epoch_batch,
             repeats=max(3, args.repeats // 3),
-            threads=args.torch_threads,
+            threads=args.torch_threads if on_cpu() else (),  # its PyTorch peer runs on the CPU
             limit=4 if args.quick else None,
             min_block_s=args.min_block,
         )
@@ -222,12 +231,13 @@ def format_table(res: dict[str, Any]) -> str:
         lines += ["", "| CNN train step (SGD momentum) | jaxbp ms | PyTorch eager ms | jaxbp / PyTorch |"]
         lines.append("|---|---:|---:|---:|")
         for p in res["peer"]:
+            where = "CUDA" if p["device"] == "cuda" else f"cpu, {p['threads']} thread(s)"
             lines.append(
-                f"| PyTorch {p['torch_version']} on {p['device']}, {p['threads']} thread(s) "
+                f"| PyTorch {p['torch_version']} on {where} "
                 f"| {1e3 * p['jaxbp_s']:.1f} | {1e3 * p['torch_s']:.1f} | {p['ratio']:.2f} |"
             )
     elif "peer" in res:
-        lines += ["", "PyTorch not installed: CNN peer row skipped"]
+        lines += ["", f"No PyTorch peer on {m['backend']} (not installed, or it does not see this device)"]
     if "gemm" in res:
         g = res["gemm"]
         lines += ["", f"GEMM {g['n']}x{g['n']} float32: {g['flops_per_s'] / 1e9:.1f} GFLOP/s"]
@@ -252,5 +262,7 @@ def format_table(res: dict[str, Any]) -> str:
                 f" the compiled epoch is {e['compiled_vs_torch'][n]:.1f}x faster"
             )
         if not e["torch_s"]:
-            lines.append("PyTorch not installed: torch comparison skipped")
+            backend = m["backend"]
+            why = "not installed" if backend == "cpu" else f"that peer is CPU PyTorch; JAX is on {backend}"
+            lines.append(f"No PyTorch comparison ({why})")
     return "\n".join(lines)

@@ -80,9 +80,21 @@ def compiled(f, *args):
     On CPU, XLA's classic elemental emitters compile each fusion ~2x faster than its newer fusion
     emitters (a 5-level CNN check: 1.7 s against 3.2 s). Arrays are passed as arguments, never
     captured as constants.
+
+    Matrix products and convolutions are traced at ``"highest"`` precision: a GPU otherwise runs
+    float32 ones in TF32 (10-bit mantissa) and a TPU in bfloat16 passes, and two correct backwards
+    that order their products differently (the hand-written one and ``jax.vjp``'s) then disagree at
+    that precision, far beyond float32's tolerance. The check is of the derivative, not of the
+    backend's speed-for-precision trade (on an H200 the LSTM's float32 pass failed without this).
     """
-    lowered = jax.jit(f).lower(*args)
-    return lowered.compile(compiler_options=_CHECK_OPTIONS.get(jax.default_backend(), _ANY))(*args)
+    compile_options = _CHECK_OPTIONS.get(jax.default_backend(), _ANY)
+    return lowered(f, *args).compile(compiler_options=compile_options)(*args)
+
+
+def lowered(f, *args):
+    """``jax.jit(f).lower(*args)`` with products at full precision (see :func:`compiled`)."""
+    with jax.default_matmul_precision("highest"):
+        return jax.jit(f).lower(*args)
 
 
 _ANY = {"xla_backend_optimization_level": 1}

@@ -133,6 +133,12 @@ def check_rule(
     spec = rule_spec(rule_net)
     if spec is None:
         raise UsageError(f"check_rule: {layer_name(rule_net)} is not a rule net")
+    # Full-precision products, as in the layer checker: not TF32 (GPU) or bfloat16 passes (TPU).
+    with jax.default_matmul_precision("highest"):
+        return _check_rule(spec, rule_net, loss, params, x, target, state, key)
+
+
+def _check_rule(spec, rule_net, loss, params, x, target, state, key) -> CheckReport:
     if spec.name == "dfa":
         y, res, _ = apply(rule_net, params, x, state=state, key=key, train=True)
         seen = {}
