@@ -82,7 +82,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert row["matmul_flops"] == 3 * 2 * 8 * (16 * 24 + 24 * 10) - 2 * 8 * 16 * 24
     assert row["step_pct_of_gemm"] > 0
     e = res["epoch"]
-    assert e["steps"] == 4 and e["compiled_s"] > 0 and e["per_step_s"] > 0
+    assert e["steps"] == 4 and e["compiled_s"] > 0 and e["pipelined_s"] > 0 and e["per_step_s"] > 0
     losses = e["last_loss"]
     assert all(math.isfinite(v) for v in losses.values())
 

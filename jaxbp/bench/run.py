@@ -254,12 +254,14 @@ def format_table(res: dict[str, Any]) -> str:
             "",
             f"Digits MLP 64-128-10 epoch ({e['steps']} steps of {e['batch']}): per-step dispatch "
             f"{1e3 * e['per_step_s']:.1f} ms, compiled epoch {1e3 * e['compiled_s']:.1f} ms "
-            f"({e['compiled_vs_per_step']:.1f}x)",
+            f"({e['compiled_vs_per_step']:.1f}x); pipelined, one host read per block of epochs"
+            f" {1e3 * e['pipelined_s']:.1f} ms",
         ]
         for n, t in e["torch_s"].items():
             lines.append(
                 f"PyTorch {e['torch_version']} eager, {n} thread(s): {1e3 * t:.1f} ms;"
                 f" the compiled epoch is {e['compiled_vs_torch'][n]:.1f}x faster"
+                f" ({e['pipelined_vs_torch'][n]:.1f}x pipelined)"
             )
         if not e["torch_s"]:
             backend = m["backend"]
