@@ -42,6 +42,7 @@ from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxbp import xla
 from jaxbp.core import Array, Layer, LayerError, Loss
 from jaxbp.step import Reduction, TrainState, train_step_fn
 
@@ -200,7 +201,7 @@ def make_parallel_train_step(
       replicates it first; steady-state 2-device epochs then run at the scanned-epoch rate.
     """
     mesh = make_mesh() if mesh is None else mesh
-    jitted = jax.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
+    jitted = xla.jit(parallel_train_step_fn(net, loss, optimizer, mesh), donate_argnums=0)
     if mesh.devices.size == 1 or mesh.devices.flat[0].platform != "cpu":
         return jitted
 

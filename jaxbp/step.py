@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from jaxbp import xla
 from jaxbp.backprop import forward_backward
 from jaxbp.core import Array, Layer, Loss, Params, Shape, State, apply, init_state, is_stateful
 
@@ -123,15 +124,14 @@ def make_train_step(net: Layer, loss: Loss, optimizer: optax.GradientTransformat
       callbacks, so it compiles unchanged for CPU, GPU or TPU. The passed
       ``train_state`` is donated: do not use it after the call.
     """
-    return jax.jit(train_step_fn(net, loss, optimizer), donate_argnums=0)
+    return xla.jit(train_step_fn(net, loss, optimizer), donate_argnums=0)
 
 
 def make_predict(net: Layer) -> Callable:
     """A compiled ``predict(params, x, state=()) -> y`` in eval mode (no dropout, running statistics)."""
 
-    @jax.jit
     def predict(params, x, state=()):
         y, _, _ = apply(net, params, x, state=state, key=None, train=False)
         return y
 
-    return predict
+    return xla.jit(predict)

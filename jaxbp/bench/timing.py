@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxbp import xla
 from jaxbp.core import Array, Layer, Loss, Params, State, apply
 
 
@@ -43,13 +44,16 @@ def autodiff_forward_backward(
 def compile_stats(fn: Callable, *args: Any) -> tuple[Callable, dict[str, float]]:
     """Lower and compile ``jax.jit(fn)`` for ``args``; return the executable and its statistics.
 
+    Both sides of every comparison compile with :func:`jaxbp.xla.compiler_options`, the options
+    of jaxbp's own training programs, so a ratio compares the programs, not the settings.
+
     Returns:
       ``(compiled, stats)`` with ``compile_s`` (lowering + XLA compilation, seconds),
       ``temp_bytes``, ``argument_bytes``, ``output_bytes`` (from ``memory_analysis()``,
       None where the backend does not report them) and ``flops`` (XLA's cost analysis or None).
     """
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=xla.compiler_options())
     stats: dict[str, Any] = {"compile_s": time.perf_counter() - start}
     mem = compiled.memory_analysis()
     for field, attr in (

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxbp import xla
 from jaxbp.core import Layer, Loss
 from jaxbp.distributed import train_step_fn_for
 from jaxbp.flow import flow_norms
@@ -128,7 +129,7 @@ def make_epoch(
         losses = jnp.where(jnp.arange(len(losses)) < ran, losses, jnp.nan)
         return EpochOut(ts, losses, bad, rows[jnp.maximum(bad, 0)], before, flow(ts, probe))
 
-    return jax.jit(epoch, donate_argnums=0)
+    return xla.jit(epoch, donate_argnums=0)
 
 
 def make_epoch_loop(
@@ -145,9 +146,9 @@ def make_epoch_loop(
     Same arguments and result as :func:`make_epoch`; ``tick(i)`` is called after every batch.
     """
     shuffle, guarded, flow = _parts(net, loss, optimizer, batch_size, devices, step_fn)
-    start = jax.jit(lambda ts, probe, n: (*shuffle(ts, n), flow(ts, probe)), static_argnums=2)
-    step = jax.jit(guarded, donate_argnums=0)
-    end = jax.jit(flow)
+    start = xla.jit(lambda ts, probe, n: (*shuffle(ts, n), flow(ts, probe)), static_argnums=2)
+    step = xla.jit(guarded, donate_argnums=0)
+    end = xla.jit(flow)
 
     def epoch(ts: TrainState, x, y, probe) -> EpochOut:
         ts, rows, before = start(ts, probe, x.shape[0])
