@@ -2,6 +2,7 @@
 
 from jaxbp import quantities as quantities
 from jaxbp import rules as rules
+from jaxbp import xla as xla
 from jaxbp.backprop import forward_backward as forward_backward
 from jaxbp.backprop import grad as grad
 from jaxbp.backprop import value_and_grad as value_and_grad

@@ -71,8 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop",
         choices=("auto", "scan", "python"),
         default="auto",
-        help="epoch as one compiled lax.scan, or a Python loop of compiled steps; auto: the loop for"
-        " conv nets on CPU (XLA:CPU runs conv weight gradients slowly inside loops), else the scan",
+        help="epoch as one compiled lax.scan, or a Python loop of compiled steps (auto: the scan)",
     )
     a("--no-standardize", action="store_true", help="keep pixels in [0, 1] instead of standardising")
     a("--checkpoint-dir", help="save a checkpoint here after every epoch")
