@@ -93,8 +93,13 @@ def compiled(f, *args):
 
 def lowered(f, *args):
     """``jax.jit(f).lower(*args)`` with products at full precision (see :func:`compiled`)."""
-    with jax.default_matmul_precision("highest"):
+    with full_precision():
         return jax.jit(f).lower(*args)
+
+
+def full_precision():
+    """The checkers' products: true float32, not TF32 (GPU) or bfloat16 passes (TPU); see :func:`compiled`."""
+    return jax.default_matmul_precision("highest")
 
 
 _ANY = {"xla_backend_optimization_level": 1}

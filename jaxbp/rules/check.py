@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.check._setup import full_precision
 from jaxbp.check.report import CheckReport, LeafCheck
 from jaxbp.combinators import walk_forward
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, layer_name
@@ -133,8 +134,7 @@ def check_rule(
     spec = rule_spec(rule_net)
     if spec is None:
         raise UsageError(f"check_rule: {layer_name(rule_net)} is not a rule net")
-    # Full-precision products, as in the layer checker: not TF32 (GPU) or bfloat16 passes (TPU).
-    with jax.default_matmul_precision("highest"):
+    with full_precision():  # as in the layer checker
         return _check_rule(spec, rule_net, loss, params, x, target, state, key)
 
 
