@@ -145,16 +145,20 @@ def epoch_benchmark(
 
     times: dict[str, list[float]] = {k: [] for k in methods}
     last: dict[str, float] = {}
-    for k, fn in methods.items():  # warm-up (and compilation)
-        last[k] = fn() if k not in finish else (fn(), finish[k]())[1]
-    calls = {k: _calls_per_block(fn, min_block_s) for k, fn in methods.items()}
+
+    def block(k: str, n: int) -> None:
+        for _ in range(n):
+            last[k] = methods[k]()
+        if k in finish:
+            last[k] = finish[k]()  # one host read closes the block
+
+    for k in methods:  # warm-up (and compilation)
+        block(k, 1)
+    calls = {k: _calls_per_block(lambda k=k: block(k, 1), min_block_s) for k in methods}
     for r in range(repeats):
         for k in methods if r % 2 == 0 else reversed(list(methods)):
             start = time.perf_counter()
-            for _ in range(calls[k]):
-                last[k] = methods[k]()
-            if k in finish:
-                last[k] = finish[k]()  # one host read closes the block
+            block(k, calls[k])
             times[k].append((time.perf_counter() - start) / calls[k])
     med = {k: statistics.median(v) for k, v in times.items()}
     torch_threads = [n for n in threads if f"torch_{n}" in med]

@@ -155,9 +155,8 @@ def _cnn_peers(model, args: argparse.Namespace) -> list[dict]:
     """The CNN step against PyTorch eager on the device JAX uses: CPU thread counts, or CUDA."""
     repeats = max(3, args.repeats // 2)
     if not on_cpu():
-        if not torch_sees_gpu():
-            return []
-        return [p for p in [cnn_peer(model, repeats, 1, args.min_block, "cuda")] if p]
+        peer = cnn_peer(model, repeats, 1, args.min_block, "cuda") if torch_sees_gpu() else None
+        return [peer] if peer else []
     return [p for n in args.torch_threads if (p := cnn_peer(model, repeats, n, min_block_s=args.min_block))]
 
 
