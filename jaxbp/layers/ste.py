@@ -2,7 +2,7 @@
 
 The forward quantises; the backward passes the cotangent through as if the quantiser were (almost)
 the identity. These backwards are *not* the derivative of the forward (which is 0 almost
-everywhere): each layer's ``extras["check_forward"]`` is the forward whose autodiff VJP is, by
+everywhere): each layer's ``check_forward`` is the forward whose autodiff VJP is, by
 definition, what its backward computes (``q(x) = x + stop_gradient(round(x) - x)`` for ``Round``),
 so the checker verifies the estimator against its definition.
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxbp.core import Layer, LayerError
+from jaxbp.core import Layer, LayerError, feedback_of
 
 
 def _init(key, input_shape):
@@ -45,7 +45,7 @@ def Sign() -> Layer:
         soft = jnp.clip(x, -1, 1)
         return soft + lax.stop_gradient(_binary(x) - soft), jnp.abs(x) <= 1
 
-    return Layer(_init, forward, backward, name="Sign", extras={"check_forward": check_forward})
+    return Layer(_init, forward, backward, name="Sign", check_forward=check_forward)
 
 
 def Round() -> Layer:
@@ -62,7 +62,7 @@ def Round() -> Layer:
         # value round(x); VJP the identity's
         return x + lax.stop_gradient(jnp.round(x) - x), ()
 
-    return Layer(_init, forward, backward, name="Round", extras={"check_forward": check_forward})
+    return Layer(_init, forward, backward, name="Round", check_forward=check_forward)
 
 
 def BinaryDense(
@@ -116,7 +116,8 @@ def BinaryDense(
         y = x @ Wq.astype(x.dtype)
         return (y + params["b"] if use_bias else y), x
 
-    return Layer(init, forward, backward, name=name, extras={"check_forward": check_forward})
+    # Backward rules: feedback stands in for the real-valued W (dx = g @ sign(B).T)
+    return Layer(init, forward, backward, name=name, check_forward=check_forward, feedback=feedback_of("W"))
 
 
 class ClipParamsState(NamedTuple):

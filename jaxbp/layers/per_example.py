@@ -1,47 +1,19 @@
-"""Building blocks for the quantity extras that layers define next to their backwards.
+"""Helpers for the :class:`~jaxbp.core.PerExample` hooks layers define next to their backwards.
 
-A layer opts into :func:`jaxbp.quantities.value_grad_and` by putting hand-written functions into
-``Layer.extras`` (a loss into ``Loss.extras``) under these keys:
-
-``"batch_grad"(params, res, g) -> per-example dparams``
-    each leaf of ``dparams`` with a leading batch axis; ``g`` is the cotangent of the
-    *mean-reduced* loss, so the per-example gradients sum to ``backward``'s ``dparams``.
-``"batch_l2"(params, res, g) -> per-leaf (B,)``
-    squared norms of the per-example gradients, ideally without forming them (optional:
-    taken from ``"batch_grad"`` when absent).
-``"sum_grad_squared"(params, res, g) -> per-leaf sum over the batch of the squared per-example
-    gradients`` (optional, likewise).
-``"kfac"(params, res, g) -> per-leaf Kron(A, G)``
-    the Kronecker factors of one backpropagated column ``g`` of the loss Hessian's square root:
-    ``A`` from the input (or None, e.g. for a bias), ``G`` the outer products of ``g``.
-``"diag_hessian"(params, res, g) -> r or None``
-    the layer's second-derivative residual wrt its input, ``r = g ⊙ f''(x)`` for an element-wise
-    ``f`` (same shape as ``x``), None for a layer linear in its input and its params.
-``Loss.extras["sqrt_hessian"](res) -> S`` and ``["sqrt_hessian_mc"](res, key, samples) -> S``
-    ``S`` of shape ``(K, *pred.shape)`` with ``sum_k S_kn S_knᵀ = H_n`` (in expectation for ``_mc``)
-    for every example n, where ``H_n`` is the block of example n of the Hessian of the mean loss
-    wrt ``pred`` (block-diagonal over examples; a column serves all examples at once).
-
-The helpers below are used by several constructors; none calls autodiff.
+Each hook takes the leaf's own ``(params, res, g)`` (see :class:`jaxbp.core.PerExample` for what
+each returns); a loss provides ``sqrt_hessian``/``sqrt_hessian_mc`` (:class:`jaxbp.core.Loss`).
+These helpers are shared by several constructors; none calls autodiff.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-
-class Kron(NamedTuple):
-    """Kronecker factors of a curvature block: the block of a param ``W (in, out)`` is ``A ⊗ G``.
-
-    ``A`` (in, in) is None for params without an input factor (biases); then the block is ``G``.
-    """
-
-    A: Any
-    G: Any
+from jaxbp.core import Kron as Kron
 
 
 def per_example_backward(backward, params, res, g):
@@ -104,3 +76,9 @@ def batch_size_of(res_leaf) -> int:
 def prod(shape) -> int:
     """``math.prod`` of a shape as a Python int."""
     return int(math.prod(shape))
+
+
+def vector_kron(per_example) -> Any:
+    """Kronecker blocks of vector params (scales, biases) from one column's per-example grads:
+    the exact GGN block of each ``(C,)`` leaf, ``G = sum_n d_n d_nᵀ`` (no input factor)."""
+    return jax.tree.map(lambda d: Kron(None, d.T @ d), per_example)
