@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, PerExample, feedback_of, linear_residual
+from jaxbp.core import Layer, LayerError, feedback_of
 from jaxbp.layers import _args
 from jaxbp.layers import per_example as qx
 
@@ -55,37 +55,7 @@ def Dense(
             dparams["b"] = g.sum(batch).astype(params["b"].dtype)
         return dparams, dx
 
-    # Per-example hooks (jaxbp.quantities): per example n, over its positions t (T = 1 for (B, in)):
-    # dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt; ||dW_n||² = ||x_n||²||g_n||² (T = 1) or the Gram form.
-    def batch_grad(params, x, g):
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        if xs.shape[1] == 1:  # an outer product per example: a broadcast, not a batched matmul
-            out = {"W": xs[:, 0, :, None] * gs[:, 0, None, :]}
-        else:
-            out = {"W": jnp.einsum("bti,bto->bio", xs, gs)}
-        return out | ({"b": gs.sum(1)} if use_bias else {})
-
-    def batch_l2(params, x, g):
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        out = {"W": qx.outer_l2(xs, gs)}
-        return out | ({"b": jnp.sum(gs.sum(1) ** 2, -1)} if use_bias else {})
-
-    def sum_grad_squared(params, x, g):
-        # T = 1: sum_n dW_n² = (x²)ᵀ(g²); else the per-example dW_n squared and summed
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        if xs.shape[1] == 1:
-            out = {"W": (xs[:, 0] ** 2).T @ (gs[:, 0] ** 2)}
-        else:
-            out = {"W": qx.sum_squares(jnp.einsum("bti,bto->bio", xs, gs))}
-        return out | ({"b": jnp.sum(gs.sum(1) ** 2, 0)} if use_bias else {})
-
-    def kron(params, x, g):
-        # A = sum_{n,t} x xᵀ / N;  G = sum_n (sum_t g)(sum_t g)ᵀ for this column g
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        G = qx.summed_outer(gs)
-        out = {"W": qx.Kron(qx.mean_outer(xs, xs.shape[0]), G)}
-        return out | ({"b": qx.Kron(None, G)} if use_bias else {})
-
-    hooks = PerExample(batch_grad, batch_l2, sum_grad_squared, kron, hessian_residual=linear_residual)
+    # Per-example hooks (jaxbp.quantities): dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt (see dense_hooks)
+    hooks = qx.dense_hooks(use_bias)
     # Backward rules (jaxbp.rules): a feedback B of W's shape stands in for W in dx (dx = g @ B.T)
     return Layer(init, forward, backward, name=name, per_example=hooks, feedback=feedback_of("W"))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.core import Kron as Kron
+from jaxbp.core import PerExample, linear_residual
 
 
 def per_example_backward(backward, params, res, g):
@@ -82,3 +83,41 @@ def vector_kron(per_example) -> Any:
     """Kronecker blocks of vector params (scales, biases) from one column's per-example grads:
     the exact GGN block of each ``(C,)`` leaf, ``G = sum_n d_n d_nᵀ`` (no input factor)."""
     return jax.tree.map(lambda d: Kron(None, d.T @ d), per_example)
+
+
+def dense_hooks(use_bias: bool, weight: str = "W", bias: str = "b") -> PerExample:
+    """The per-example hooks of ``y = x @ W (+ b)`` with residual ``x`` (Dense; BinaryDense, whose
+    gradient goes straight through to W): per example n over its positions t (T = 1 for (B, in)),
+    ``dW_n = sum_t x_nt g_ntᵀ``, ``db_n = sum_t g_nt``; ``||dW_n||² = ||x_n||²||g_n||²`` (T = 1) or
+    the Gram form; KFAC's ``A = sum x xᵀ / N``, ``G = sum_n (sum_t g)(sum_t g)ᵀ``."""
+
+    def with_bias(out, gs, f):
+        return out | ({bias: f(gs.sum(1))} if use_bias else {})
+
+    def batch_grad(params, x, g):
+        xs, gs = as_sequence(x), as_sequence(g)
+        # T = 1: an outer product per example, a broadcast rather than a batched matmul
+        single = xs.shape[1] == 1
+        dW = xs[:, 0, :, None] * gs[:, 0, None, :] if single else jnp.einsum("bti,bto->bio", xs, gs)
+        return with_bias({weight: dW}, gs, lambda a: a)
+
+    def batch_l2(params, x, g):
+        xs, gs = as_sequence(x), as_sequence(g)
+        return with_bias({weight: outer_l2(xs, gs)}, gs, lambda a: jnp.sum(a**2, -1))
+
+    def sum_grad_squared(params, x, g):
+        # T = 1: sum_n dW_n² = (x²)ᵀ(g²); else the per-example dW_n squared and summed
+        xs, gs = as_sequence(x), as_sequence(g)
+        if xs.shape[1] == 1:
+            dW2 = (xs[:, 0] ** 2).T @ (gs[:, 0] ** 2)
+        else:
+            dW2 = sum_squares(jnp.einsum("bti,bto->bio", xs, gs))
+        return with_bias({weight: dW2}, gs, lambda a: jnp.sum(a**2, 0))
+
+    def kron(params, x, g):
+        # A = sum_{n,t} x xᵀ / N;  G = sum_n (sum_t g)(sum_t g)ᵀ for this column g
+        xs, gs = as_sequence(x), as_sequence(g)
+        G = summed_outer(gs)
+        return with_bias({weight: Kron(mean_outer(xs, xs.shape[0]), G)}, gs, lambda a: Kron(None, G))
+
+    return PerExample(batch_grad, batch_l2, sum_grad_squared, kron, hessian_residual=linear_residual)

@@ -19,6 +19,7 @@ import optax
 from jax import lax
 
 from jaxbp.core import Layer, LayerError, feedback_of
+from jaxbp.layers import per_example as qx
 
 
 def _init(key, input_shape):
@@ -116,8 +117,17 @@ def BinaryDense(
         y = x @ Wq.astype(x.dtype)
         return (y + params["b"] if use_bias else y), x
 
+    # Per-example hooks: dW_n = x_n g_nᵀ as Dense's (straight through to the real W; linear in x).
     # Backward rules: feedback stands in for the real-valued W (dx = g @ sign(B).T)
-    return Layer(init, forward, backward, name=name, check_forward=check_forward, feedback=feedback_of("W"))
+    return Layer(
+        init,
+        forward,
+        backward,
+        name=name,
+        per_example=qx.dense_hooks(use_bias),
+        feedback=feedback_of("W"),
+        check_forward=check_forward,
+    )
 
 
 class ClipParamsState(NamedTuple):
