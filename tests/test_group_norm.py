@@ -60,7 +60,10 @@ def test_k_sgd_steps_agree_with_numpy_reference():
             assert rel_err(ts.params[n][k], want[k]) <= 1e-10, (n, k)
 
 
-@pytest.mark.parametrize("affine", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize(
+    "affine",
+    [(True, True), *(pytest.param(a, marks=pytest.mark.slow) for a in ((False, True), (True, False)))],
+)
 def test_per_example_quantities_hold_in_training_mode(affine):
     use_scale, use_bias = affine
     net = jaxbp.serial(

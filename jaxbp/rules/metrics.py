@@ -9,7 +9,7 @@ from jaxbp.combinators import walk_backward
 from jaxbp.contract import backprop, path_str
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful, layer_name
 from jaxbp.errors import UsageError
-from jaxbp.rules.net import rule_spec
+from jaxbp.rules.net import rule_spec, split_state
 
 
 def recorded_backward(net: Layer, params, res, g, leaf=backprop) -> dict:
@@ -77,7 +77,7 @@ def alignment(
     """
     spec = rule_spec(rule_net)
     net = spec.net if spec else rule_net
-    net_state = state[0] if spec else state
+    net_state = split_state(layer_name(rule_net), state)[0] if spec else state
 
     def backward_of(layer, s):
         y, res, _ = apply(layer, params, x, state=s, key=key, train=True)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.combinators import LeafInfo, leaf_layers, leaves, mirror, walk_params
+from jaxbp.combinators import LeafInfo, at_level, leaf_layers, leaves, mirror, walk_params
 from jaxbp.contract import backprop, path_str
 from jaxbp.core import Array, Layer, PerExample, Static, Walk, apply, init_state, layer_name
 from jaxbp.errors import UsageError
@@ -267,14 +267,15 @@ def make(net: Layer, rule: Rule, *, key: Array | int = 0, check_forward=None) ->
         return leaf
 
     def walk_forward(visit, params, x, *, state, key, train):
-        net_state, feedback = _feedback_of(name, state)
+        net_state, feedback = split_state(name, state)
         sink, visited = {}, {}
         in_shape = jax.tree.map(lambda a: tuple(jnp.shape(a)), x)
         out = jax.eval_shape(lambda k: _zeros(net.init(k, in_shape)[0]), spec.key)
         leaf = leaf_for(feedback, sink, None, visited, out)
         tree = mirror(net, leaf)
         if tree.walk is None:  # a network of one weight level
-            y, res, net_state = visit("0", tree, params, x, state=net_state, key=key, train=train)
+            with at_level(0, tree):
+                y, res, net_state = visit("0", tree, params, x, state=net_state, key=key, train=train)
         else:
             y, res, net_state = tree.walk.forward(visit, params, x, state=net_state, key=key, train=train)
         extra = sorted(set(feedback) - set(visited))
@@ -289,7 +290,8 @@ def make(net: Layer, rule: Rule, *, key: Array | int = 0, check_forward=None) ->
         res, visited = res
         tree = mirror(net, leaf_for(None, None, g, dict(visited.value)))
         if tree.walk is None:
-            return visit("0", tree, params, res, g, None)
+            with at_level(0, tree):
+                return visit("0", tree, params, res, g, None)
         return tree.walk.backward(visit, params, res, g)
 
     def walk_params(visit, params):
@@ -334,7 +336,8 @@ def _forward(seg, child, params, x, *, state, key, train):
     return apply(child, params, x, state=state, key=key, train=train)
 
 
-def _feedback_of(name: str, state):
+def split_state(name: str, state):
+    """``(net_state, feedback)`` of a rule net's state, or a UsageError saying what a rule net needs."""
     if not (isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict)):
         raise UsageError(
             f"{name}: needs its state (net_state, feedback); got {type(state).__name__} -- pass"

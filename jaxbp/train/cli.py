@@ -26,7 +26,7 @@ from jaxbp.train import checkpoint
 from jaxbp.train.data import DATASETS, fingerprint, load_dataset, standardize
 from jaxbp.train.epoch import choose_epoch_builder
 from jaxbp.train.fit import fit, make_optimizer
-from jaxbp.train.models import MODELS, build_model
+from jaxbp.train.models import MODELS, NORMS, build_model
 
 MAX_SEED = 2**31 - 1
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " /usr/share/datasets/fashion-mnist), or the .npz file for --dataset npz",
     )
     a("--model", choices=MODELS, default="mlp", help="model preset (default: mlp)")
+    a(
+        "--norm",
+        choices=NORMS,
+        default="batch",
+        help="the cnn preset's normalisation: batch (BatchNorm) or group (GroupNorm: per example, DP-SGD)",
+    )
     a(
         "--widths",
         type=int_list(1),
@@ -124,6 +130,8 @@ def resolve(args: argparse.Namespace) -> dict:
         loop=args.loop,
         rule=args.rule,
     )
+    if args.norm != "batch":
+        cfg["norm"] = args.norm
     if args.dp_clip is not None or args.dp_noise is not None:
         cfg.update(dp_clip=args.dp_clip, dp_noise=args.dp_noise, dp_delta=args.dp_delta)
     return cfg
@@ -142,6 +150,13 @@ def check_flags(args: argparse.Namespace) -> None:
     dp_flags = (args.dp_clip is not None, args.dp_noise is not None)
     if any(dp_flags) and (not all(dp_flags) or args.devices not in (None, 1)):
         raise UsageError("DP-SGD needs both --dp-clip and --dp-noise, on one device")
+    if any(dp_flags) and args.model == "cnn" and args.norm == "batch":
+        raise UsageError(
+            "DP-SGD clips each example's gradient, and the cnn preset's BatchNorm mixes the examples"
+            " in training; pass --norm group (GroupNorm keeps each example's statistics its own)"
+        )
+    if args.norm != "batch" and args.model != "cnn":
+        raise UsageError(f"--norm is the cnn preset's; --model {args.model} has no normalisation")
     if args.data_dir is not None and args.dataset == "digits":
         raise UsageError(
             "--data-dir is for --dataset mnist, fashion-mnist or npz; digits ships with scikit-learn"
@@ -219,7 +234,9 @@ def main(args: argparse.Namespace) -> int:
     check_checkpoint(args, cfg)
     if cfg["standardize"]:
         data = standardize(data)
-    base = build_model(cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"])
+    base = build_model(
+        cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"], cfg.get("norm", "batch")
+    )
     net = rules.by_name(cfg["rule"], base, key=rules.run_key(cfg["seed"]))  # feedback in the net's state
     steps = (len(data.x_train) // cfg["batch_size"]) * cfg["epochs"]
     opt = make_optimizer(
