@@ -34,6 +34,7 @@ from jaxbp.core import feedback_of as feedback_of
 from jaxbp.core import init_state as init_state
 from jaxbp.core import is_combinator as is_combinator
 from jaxbp.core import is_stateful as is_stateful
+from jaxbp.core import linear_residual as linear_residual
 from jaxbp.core import output_shape as output_shape
 from jaxbp.distributed import make_mesh as make_mesh
 from jaxbp.distributed import make_parallel_train_step as make_parallel_train_step

@@ -82,6 +82,20 @@ def _check_levels(name: str, layers: tuple[Layer, ...], params, what: str = "par
         raise LayerError(f"{name}: a network of {len(layers)} levels got {what} with {got} ({hint})")
 
 
+def _each_child(layers: tuple[Layer, ...], check) -> Callable:
+    """The params walk of a combinator with one params entry per child (``serial``, ``parallel``)."""
+
+    def each(visit, params):
+        check(params)
+        outs = []
+        for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
+            with at_level(i, layer):
+                outs.append(visit(str(i), layer, p))
+        return tuple(outs)
+
+    return each
+
+
 def _forward_child(seg: str, child: Layer, params, x, *, state, key, train):
     return apply(child, params, x, state=state, key=key, train=train)
 
@@ -370,14 +384,7 @@ def serial(*layers: Layer) -> Layer:
                 outs[i], g = visit(str(i), layers[i], params[i], r, g, spec)
         return tuple(outs), g
 
-    def each(visit, params):
-        _check_levels(name, layers, params)
-        outs = []
-        for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
-            with at_level(i, layer):
-                outs.append(visit(str(i), layer, p))
-        return tuple(outs)
-
+    each = _each_child(layers, lambda params: _check_levels(name, layers, params))
     return combinator(
         "serial", name, layers, init, Walk(forward, backward, each), state_init if stateful else None
     )
@@ -569,14 +576,7 @@ def parallel(*layers: Layer) -> Layer:
             dxs.append(dx)
         return tuple(outs), tuple(dxs)
 
-    def each(visit, params):
-        _check_branches(name, n, params, "params")
-        outs = []
-        for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
-            with at_branch(i, layer):
-                outs.append(visit(str(i), layer, p))
-        return tuple(outs)
-
+    each = _each_child(layers, lambda params: _check_branches(name, n, params, "params"))
     return combinator(
         "parallel", name, layers, init, Walk(forward, backward, each), state_init if stateful else None
     )

@@ -75,3 +75,9 @@ def binary_dense(W, b, x, g):
     """BinaryDense: y = x sign(W) + b; dx = g sign(W)ᵀ, dW = xᵀ g, db = Σ g."""
     Wb = np.where(W >= 0, 1.0, -1.0)
     return x @ Wb + b, (x.T @ g, g.sum(0), g @ Wb.T)
+
+
+def kolen_pollack_feedback(B_prev, W_prev, W, decay):
+    """Kolen-Pollack's B for this step: B receives W's update and B − W decays by (1 − decay):
+    ``B_t = W_t + (1 − λ)(B_{t−1} − W_{t−1})``."""
+    return W + (1 - decay) * (B_prev - W_prev)

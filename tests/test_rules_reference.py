@@ -84,3 +84,27 @@ def test_ste_layers_match_numpy():
     want_y, (dW, db, wdx) = ref.binary_dense(np.asarray(p["W"]), np.asarray(p["b"]), x, gy)
     for a, b in ((y, want_y), (dp["W"], dW), (dp["b"], db), (dx, wdx)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_kolen_pollack_matches_numpy_over_steps():
+    net, params, Ws, bs, x, t = setup()
+    R = rules.kolen_pollack(net, key=2, decay=0.3)
+    state = jaxbp.init_state(R, x.shape)
+    Bs = [np.asarray(state[1][p]["B"]) for p in ("0", "2", "4")]
+    grad = jax.jit(jaxbp.grad(R, LOSS))
+    prev = None
+    for _ in range(3):  # plain SGD on both sides; B as the rule defines it from the previous step
+        if prev is not None:
+            Bs = [ref.kolen_pollack_feedback(B, Wp, W, 0.3) for B, Wp, W in zip(Bs, prev, Ws, strict=True)]
+        grads, state = grad(params, jnp.asarray(x), jnp.asarray(t), state=state)
+        close(grads, ref.feedback_grads(Ws, bs, Bs, x, t))
+        want = ref.feedback_grads(Ws, bs, Bs, x, t)
+        prev = Ws
+        Ws = [W - 0.5 * dW for W, (dW, _) in zip(Ws, want, strict=True)]
+        bs = [b - 0.5 * db for b, (_, db) in zip(bs, want, strict=True)]
+        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+
+
+def test_every_registered_rule_names_its_numpy_oracle():
+    for name, rule in rules.RULES.items():
+        assert name == "bp" or callable(getattr(ref, rule.reference, None)), (name, rule.reference)
