@@ -238,6 +238,8 @@ def walk_params(net: Layer, params, leaf, path: Path = (), *, into=None):
     """
     if not _descends(net, into):
         return leaf(path, net, params)
+    if net.walk.params is None:
+        raise LayerError(f"{layer_name(net)}: its Walk has no params walk (Walk(forward, backward, params))")
     return net.walk.params(lambda seg, child, p: walk_params(child, p, leaf, (*path, seg), into=into), params)
 
 
@@ -299,7 +301,13 @@ def _is_shape(s) -> bool:
     return isinstance(s, (tuple, list)) and all(isinstance(i, int) for i in s)
 
 
-def leaves(net: Layer, input_shape, dtype=jnp.float32, *, into=None) -> list[LeafInfo]:
+def leaves(net: Layer, input_shape, dtype=jnp.float32) -> list[tuple[str, Layer]]:
+    """Every leaf of ``net`` with its level path, ``(path, layer)`` in forward order (no FLOPs); the
+    leaves' inputs and outputs too: :func:`leaf_infos`."""
+    return [(info.path, info.layer) for info in leaf_infos(net, input_shape, dtype)]
+
+
+def leaf_infos(net: Layer, input_shape, dtype=jnp.float32, *, into=None) -> list[LeafInfo]:
     """Every leaf of ``net`` with its level path and abstract input and output, in forward order.
 
     Runs :func:`walk_forward` abstractly (``jax.eval_shape``): nothing is computed or allocated.
@@ -640,6 +648,7 @@ __all__ = [
     "at_branch",
     "at_level",
     "combinator",
+    "leaf_infos",
     "leaf_layers",
     "leaves",
     "mirror",

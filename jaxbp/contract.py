@@ -69,13 +69,14 @@ def _tree_problems(what: str, got, want, dtypes: bool = True) -> list[str]:
     return out
 
 
-def check_contract(layer: Layer, params, spec: Static | None, result, path: Path = ()) -> tuple:
-    """Raise :class:`~jaxbp.errors.ContractError` (at ``path`` relative to where the caller stands:
-    the walk prepends the levels above) unless ``result`` is a valid ``(dparams, dx)`` for ``params``
-    and the input ``spec``; return it.
+def check_contract(seg: str | None, layer: Layer, params, spec: Static | None, result) -> tuple:
+    """Raise :class:`~jaxbp.errors.ContractError` at level ``seg`` (None: where the caller stands; the
+    walk prepends the levels above) unless ``result`` is a valid ``(dparams, dx)`` for ``params`` and
+    the input ``spec``; return it.
 
     Only shapes, dtypes and tree structures are compared, at trace time: no run-time cost.
     """
+    path = () if seg is None else (seg,)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise contract_error(
             path, layer_name(layer), f"backward returned {type(result).__name__}, expected (dparams, dx)"
@@ -89,7 +90,7 @@ def check_contract(layer: Layer, params, spec: Static | None, result, path: Path
 def backprop(path: Path, layer: Layer, params, res, g, spec: Static | None) -> tuple:
     """The default visitor of :func:`~jaxbp.combinators.walk_backward`: the leaf's own backward, its
     contract checked. Other visitors call it where they need the leaf's ``(dparams, dx)``."""
-    return check_contract(layer, params, spec, layer.backward(params, res, g))
+    return check_contract(None, layer, params, spec, layer.backward(params, res, g))
 
 
 __all__ = [

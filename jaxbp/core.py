@@ -90,7 +90,7 @@ class Walk(NamedTuple):
 
     forward: Callable[..., tuple]
     backward: Callable[..., tuple]
-    params: Callable[..., Any]
+    params: Callable[..., Any] | None = None
 
 
 class Kron(NamedTuple):

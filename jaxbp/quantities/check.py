@@ -18,7 +18,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxbp.check._probe import oracle_forward
 from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck, compare_arrays
-from jaxbp.combinators import leaves, param_owners
+from jaxbp.combinators import leaf_infos, param_owners
 from jaxbp.core import Layer, Loss, init_state, layer_name, output_shape
 from jaxbp.losses import MeanSquaredError
 from jaxbp.quantities.api import value_grad_and
@@ -187,7 +187,7 @@ def check_quantities(
 def _check(layer, shape, names, seeds, tol, make_input, key, loss) -> QuantityReport:
     key = jax.random.PRNGKey(0) if key is None else key
     x_dtype = jax.eval_shape(lambda k: make_input(k, shape), key).dtype if make_input else jnp.float64
-    found = leaves(layer, shape, x_dtype)
+    found = leaf_infos(layer, shape, x_dtype)
     levels = {lf.path: layer_name(lf.layer) for lf in found}
     out_shape = output_shape(layer, shape)
     worst: dict = {}

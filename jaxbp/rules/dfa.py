@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.combinators import leaves, walk_forward, walk_params
+from jaxbp.combinators import leaf_infos, walk_forward, walk_params
 from jaxbp.contract import path_str
 from jaxbp.core import Array, Layer, apply, layer_name, linear_residual
 from jaxbp.errors import UsageError
@@ -46,7 +46,7 @@ def _like(net: Layer, params, input_shape):
     top weight level] with nothing after the top and the top linear in its input."""
     if input_shape is None:
         raise UsageError("feedback_like: dfa's feedback is shaped by the activations; pass input_shape=")
-    found = leaves(net, input_shape)
+    found = leaf_infos(net, input_shape)
     weights = [lf for lf in found if is_weight_level(lf.layer)]
     if len(weights) != 2:
         raise UsageError(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.combinators import LeafInfo, at_level, leaf_layers, leaves, mirror, walk_params
+from jaxbp.combinators import LeafInfo, at_level, leaf_infos, leaf_layers, mirror, walk_params
 from jaxbp.contract import backprop, path_str
 from jaxbp.core import Array, Layer, PerExample, Static, Walk, apply, init_state, layer_name
 from jaxbp.errors import UsageError
@@ -98,7 +98,7 @@ def fed_params(rule: Rule, net: Layer, params) -> list[tuple[str, Layer, Any]]:
 def fed_levels(rule: Rule, net: Layer, input_shape, dtype=jnp.float32) -> list[LeafInfo]:
     """The levels of ``net`` the rule feeds back to, in forward order; refuses a weight without a hook."""
     found, count = [], 0
-    for info in leaves(net, input_shape, dtype):
+    for info in leaf_infos(net, input_shape, dtype):
         bad = _unhooked_weight(info)
         if bad:
             raise UsageError(
