@@ -28,6 +28,14 @@ setup: $(DEV)
 
 train: $(RUNTIME)
 	$(PY) -m jaxbp train
+	@echo ''
+	@echo 'Next: `source .venv/bin/activate` (or call .venv/bin/jaxbp), then for instance'
+	@echo '  jaxbp train --plot flow.png                           the curves and the gradient flow per level'
+	@echo '  jaxbp train --rule fa --activation tanh --lr 0.01     feedback alignment: its angle to backprop per epoch'
+	@echo '  jaxbp train --dp-clip 1 --dp-noise 1.1                private training (DP-SGD), epsilon per epoch'
+	@echo '  jaxbp check --layer Dense                             a backward checked against JAX autodiff'
+	@echo '  jaxbp train --help                                    every flag, with each preset'"'"'s defaults'
+	@echo 'and the quantities (per-example gradients, curvature): docs/quantities.md'
 
 # The fast tier compiles at XLA:CPU backend level 1 with the classic emitters (tests/conftest.py);
 # test-all runs both tiers with XLA's defaults (level 2), the compiler users get.

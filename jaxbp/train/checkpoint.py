@@ -154,11 +154,14 @@ def _leaf_names(path: Path, names: list[str]) -> list[str]:
     return [n for _, n in sorted(zip(map(int, numbers), leaves, strict=True))]
 
 
-def refuse_nonfinite(directory: str | os.PathLike, tree: Any, *, nan_only: bool = False) -> None:
+def refuse_nonfinite(
+    directory: str | os.PathLike, tree: Any, *, name: str = "", nan_only: bool = False
+) -> None:
     """Refuse a loaded checkpoint whose floating-point leaves hold NaN (or infinity, unless ``nan_only``).
 
     A run that diverged can save non-finite weights with valid CRCs; resuming from them would
-    fail at the first step and be blamed on a level. Call it on what was loaded, before training.
+    fail at the first step and be blamed on a level. Call it on what was loaded, before training;
+    ``name`` prefixes the leaf paths in the message (e.g. ``params[1]['W']``).
 
     Raises:
       CheckpointError: naming the file and the first bad leaf.
@@ -170,8 +173,8 @@ def refuse_nonfinite(directory: str | os.PathLike, tree: Any, *, nan_only: bool 
         bad = np.isnan(a) if nan_only else ~np.isfinite(a)
         if bad.any():
             raise CheckpointError(
-                f"{path_in(directory)}: {jax.tree_util.keystr(kp)} holds {int(bad.sum())} NaN or infinite"
-                f" value(s) of {a.size} (saved by a run that diverged?); it cannot be resumed:"
+                f"{path_in(directory)}: {name}{jax.tree_util.keystr(kp)} holds {int(bad.sum())} NaN or"
+                f" infinite value(s) of {a.size} (saved by a run that diverged?); it cannot be resumed:"
                 " start afresh (--overwrite) or restore an earlier checkpoint"
             )
 

@@ -292,19 +292,22 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 def standardize(data: Dataset) -> Dataset:
     """Shift and scale all images by the training set's mean and standard deviation (one scalar each).
 
-    The statistics are reduced in float64, so pixels anywhere in float32's range (up to 3.4e38)
-    standardise without overflow.
+    Computed in float64 (in chunks), so pixels anywhere in float32's range (up to 3.4e38)
+    standardise without overflow; the result is float32.
 
     Raises:
-      DataError: a result that float32 cannot hold (pixels of both signs near float32's limits).
+      DataError: a standardised value that float32 cannot hold (test pixels far outside the range
+        of a nearly constant training set).
     """
     mean = float(data.x_train.mean(dtype=np.float64))
     std = float(data.x_train.std(dtype=np.float64)) or 1.0
     out = {}
     for k in ("x_train", "x_test"):
         x = getattr(data, k)
-        with np.errstate(over="ignore", invalid="ignore"):
-            out[k] = ((x - mean) / std).astype(np.float32)
+        out[k] = np.empty(x.shape, np.float32)
+        with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: refused below
+            for i in range(0, len(x), 4096):
+                out[k][i : i + 4096] = (x[i : i + 4096].astype(np.float64) - mean) / std
         if not np.isfinite(out[k]).all():
             raise DataError(
                 f"{data.name}: {k} overflows float32 when standardised (training mean {mean:.3g},"
