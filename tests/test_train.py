@@ -212,3 +212,14 @@ def test_a_resumed_tracked_run_does_not_draw_before_training_at_the_resume_point
     from jaxbp.train.plot import plot_history
 
     plot_history(result.history, tmp_path / "p.png")  # the untracked point is blank, not an error
+
+
+def test_huge_inputs_that_overflow_a_level_are_pointed_out_as_data():
+    data = tiny_data()
+    huge = data._replace(x_train=data.x_train * np.float32(1e37))  # finite, but Dense overflows
+    net = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(8), jaxbp.Dense(3))
+    with pytest.raises(
+        NonFiniteError,
+        match=r"level 1 \(Dense\(8\)\).*the input batch holds values up to .*e\+37: a data problem\?",
+    ):
+        fit(net, huge, make_optimizer(0.05), epochs=1, batch_size=16, log=None)
