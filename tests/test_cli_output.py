@@ -13,9 +13,8 @@ import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from harness import tiny_data
+from harness import one_line_error, tiny_npz
 
 from jaxbp import cli, rules
 from jaxbp.errors import DataError
@@ -27,20 +26,11 @@ from jaxbp.train.models import preset_widths
 
 @pytest.fixture
 def npz(tmp_path):
-    d = tiny_data()
-    path = tmp_path / "d.npz"
-    np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
-    return path
+    return tiny_npz(tmp_path / "d.npz")
 
 
 def train(npz, *flags):
     return cli.main(["train", "--dataset", "npz", "--data-dir", str(npz), "--batch-size", "16", *flags])
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("jaxbp train: "), err
-    return err[0]
 
 
 class FakeFit:
@@ -116,7 +106,7 @@ def test_devices_beyond_the_machine_are_one_line_and_a_chosen_count_is_confirmed
 
     n = len(jax.devices())
     assert train(npz, "--devices", str(n + 1)) == 2
-    assert f"--devices {n + 1}: only {n} cpu device(s) here" in _one_line(capsys)
+    assert f"--devices {n + 1}: only {n} cpu device(s) here" in one_line_error(capsys)
     assert train(npz, "--devices", "1") == 0
     out = capsys.readouterr().out
     assert f"data-parallel over 1 cpu device(s): {jax.devices()[0]}" in out
@@ -163,9 +153,8 @@ def test_dp_without_dp_accounting_is_refused_before_training(npz, capsys, fake_f
         lambda name, *a: None if name == "dp_accounting" else real(name, *a),
     )
     assert train(npz, "--dp-clip", "1", "--dp-noise", "1") == 2
-    assert "--dp-clip/--dp-noise report epsilon with dp-accounting, which is not installed" in _one_line(
-        capsys
-    )
+    line = one_line_error(capsys)
+    assert "--dp-clip/--dp-noise report epsilon with dp-accounting, which is not installed" in line
     assert not fake_fit.calls
 
 
@@ -246,14 +235,14 @@ def test_model_factory_errors_are_one_line(spec, message, npz, tmp_path, capsys,
     for name in ("user_nets", "broken", "raising"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     assert train(npz, "--model", spec, "--epochs", "1") == 2
-    assert message in _one_line(capsys)
+    assert message in one_line_error(capsys)
 
 
 def test_preset_flags_with_a_factory_and_bad_specs_are_refused(npz, capsys, fake_fit):
     assert train(npz, "--model", "m:f", "--widths", "8") == 2
-    assert "--widths is for the presets (mlp, cnn), not for --model m:f" in _one_line(capsys)
+    assert "--widths is for the presets (mlp, cnn), not for --model m:f" in one_line_error(capsys)
     assert train(npz, "--model", "m:f", "--activation", "tanh") == 2
-    assert "--activation is for the presets" in _one_line(capsys)
+    assert "--activation is for the presets" in one_line_error(capsys)
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "m:1f"])
     assert "invalid choice: 'm:1f' (choose from mlp, cnn, or MODULE:FACTORY" in capsys.readouterr().err

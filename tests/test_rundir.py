@@ -17,7 +17,7 @@ import textwrap
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from harness import tiny_data
+from harness import one_line_error, tiny_data, tiny_npz
 
 import jaxbp
 from jaxbp import cli
@@ -27,22 +27,13 @@ from jaxbp.train.fit import fit, make_optimizer
 
 
 def _npz(tmp_path):
-    d = tiny_data()
-    path = tmp_path / "d.npz"
-    np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
-    return path
+    return tiny_npz(tmp_path / "d.npz")
 
 
 def _train(npz, *flags):
     return cli.main(
         ["train", "--dataset", "npz", "--data-dir", str(npz), "--widths", "8", "--batch-size", "16", *flags]
     )
-
-
-def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("jaxbp train: "), err
-    return err[0]
 
 
 HOLDER = textwrap.dedent(
@@ -67,7 +58,7 @@ def test_a_second_run_is_refused_naming_the_holder_and_deletes_nothing(tmp_path,
         in_flight.write_bytes(b"PK half a save")
         for flags in ((), ("--overwrite",), ("--resume",)):
             assert _train(npz, "--checkpoint-dir", str(ck), "--epochs", "1", *flags) == 2
-            line = _one_line(capsys)
+            line = one_line_error(capsys)
             assert f"{ck} is in use by another training run (pid {holder.pid} on " in line, line
             assert in_flight.exists()  # clean_stale never ran: the lock comes first
         assert not checkpoint.exists(ck)
@@ -97,14 +88,14 @@ def test_dangling_symlink_and_unwritable_directories_fail_before_the_first_step(
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "gone")
     assert _train(npz, "--checkpoint-dir", str(link), "--epochs", "1") == 2
-    assert f"{link}: a symbolic link to {tmp_path / 'gone'}, which does not exist" in _one_line(capsys)
+    assert f"{link}: a symbolic link to {tmp_path / 'gone'}, which does not exist" in one_line_error(capsys)
 
     def full(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rundir.tempfile, "mkstemp", full)  # the probe write fails as on a full disk
     assert _train(npz, "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "1") == 2
-    assert "cannot write a checkpoint there (OSError: No space left on device)" in _one_line(capsys)
+    assert "cannot write a checkpoint there (OSError: No space left on device)" in one_line_error(capsys)
 
 
 def test_too_little_space_is_refused_before_training(tmp_path, monkeypatch):
@@ -138,7 +129,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_in_one_line(tmp_path, capsy
 
     monkeypatch.setattr(checkpoint.np, "savez", disk_full)
     assert _train(npz, "--checkpoint-dir", str(ck), "--epochs", "1", "--overwrite") == 2
-    line = _one_line(capsys)
+    line = one_line_error(capsys)
     assert (
         "could not save the checkpoint (OSError: No space left on device); the previous checkpoint is kept"
         in line
@@ -167,7 +158,7 @@ def test_nan_weights_are_refused_on_load_not_blamed_on_a_level(tmp_path, capsys)
     np.savez(path, **arrays)
     capsys.readouterr()
     assert _train(npz, "--checkpoint-dir", str(ck), "--epochs", "1", "--resume") == 2
-    line = _one_line(capsys)
+    line = one_line_error(capsys)
     assert f"{path}: params[1]['W'] holds" in line and "NaN or infinite value(s)" in line
     assert "level" not in line  # not a NonFiniteError at a level
 
