@@ -20,12 +20,17 @@ from jaxbp.combinators import parallel as parallel
 from jaxbp.combinators import serial as serial
 from jaxbp.combinators import walk_backward as walk_backward
 from jaxbp.combinators import walk_forward as walk_forward
+from jaxbp.combinators import walk_params as walk_params
+from jaxbp.core import Feedback as Feedback
+from jaxbp.core import Kron as Kron
 from jaxbp.core import Layer as Layer
 from jaxbp.core import LayerError as LayerError
 from jaxbp.core import Loss as Loss
+from jaxbp.core import PerExample as PerExample
 from jaxbp.core import Static as Static
 from jaxbp.core import Walk as Walk
 from jaxbp.core import apply as apply
+from jaxbp.core import feedback_of as feedback_of
 from jaxbp.core import init_state as init_state
 from jaxbp.core import is_combinator as is_combinator
 from jaxbp.core import is_stateful as is_stateful
@@ -50,6 +55,7 @@ from jaxbp.layers.conv import Conv2D as Conv2D
 from jaxbp.layers.dense import Dense as Dense
 from jaxbp.layers.dropout import Dropout as Dropout
 from jaxbp.layers.embedding import Embedding as Embedding
+from jaxbp.layers.group_norm import GroupNorm as GroupNorm
 from jaxbp.layers.norm import BatchNorm as BatchNorm
 from jaxbp.layers.norm import LayerNorm as LayerNorm
 from jaxbp.layers.pool import AvgPool as AvgPool

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from jaxbp.contract import check_contract, input_spec
-from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_combinator, is_stateful
+from jaxbp.contract import backprop, input_spec
+from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful
 
 
 def forward_backward(
@@ -38,15 +38,12 @@ def forward_backward(
     Raises:
       ContractError: at trace time, when a level's backward returns dparams or dx whose tree
         structure, shapes or dtypes differ from its params' and input's (combinators check their
-        levels; a network that is a single layer is checked here). Nothing is updated.
+        levels, the network itself is checked here). Nothing is updated.
     """
     y, res, new_state = apply(net, params, x, state=state, key=key, train=train)
     value, loss_res = loss.forward(y, target)
     g = loss.backward(loss_res)  # dL/dx^{N}: the cotangent entering the top level
-    out = net.backward(params, res, g)
-    if not is_combinator(net):
-        out = check_contract(None, net, params, input_spec(x), out)
-    grads, _ = out
+    grads, _ = backprop((), net, params, res, g, input_spec(x))  # every level's contract checked
     return value, grads, new_state
 
 

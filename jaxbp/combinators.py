@@ -15,13 +15,15 @@ branches' cotangents (``FanOut`` backward, the ``g +`` in ``Residual`` backward)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp.contract import Path, check_contract, contract_error, input_spec, path_str
+from jaxbp.contract import Path, backprop, input_spec, path_str
 from jaxbp.core import (
+    LINEAR,
     Layer,
     Static,
     Walk,
@@ -31,22 +33,30 @@ from jaxbp.core import (
     layer_name,
     output_shape,
 )
-from jaxbp.errors import ContractError, LayerError
+from jaxbp.errors import JaxbpError, LayerError, at_path
 
 
 @contextlib.contextmanager
-def at_level(index: int, layer: Layer, kind: str = "level", seg: str | None = None) -> Iterator[None]:
-    """Re-raise shape and type errors from inside a level (or branch) with its index and name.
+def at_level(index: int | str, layer: Layer, kind: str = "level", seg: str | None = None) -> Iterator[None]:
+    """Locate errors raised inside a level (or branch) at its path segment, naming its layer.
 
-    A :class:`~jaxbp.errors.ContractError` instead gets ``seg`` (default ``str(index)``) prepended
-    to its level path, so it names the leaf whose backward broke the contract: ``level 3/branch/1``.
+    A :class:`~jaxbp.errors.JaxbpError` gets the segment (``seg``, default ``str(index)``) prepended to
+    its level path (the innermost layer's name is kept), so an error from deep inside nested networks
+    reads ``level 3/branch/1 (Dense(4)): ...``, once; a ``ValueError`` or ``TypeError`` from a user's
+    layer becomes a located :class:`~jaxbp.errors.LayerError`. ``kind`` is kept for compatibility.
     """
+    seg = str(index) if seg is None else seg
     try:
         yield
-    except ContractError as e:
-        raise contract_error((seg if seg is not None else str(index), *e.path), e.layer, e.detail) from None
-    except (LayerError, ValueError, TypeError) as e:
-        raise LayerError(f"{kind} {index} ({layer_name(layer)}): {e}") from e
+    except JaxbpError as e:
+        raise at_path(e, (seg,), layer_name(layer)) from e.__cause__
+    except (ValueError, TypeError) as e:
+        raise at_path(LayerError(str(e)), (seg,), layer_name(layer)) from e
+
+
+def at_branch(index: int, layer: Layer, seg: str | None = None):
+    """:func:`at_level` for a branch (kept for compatibility: both locate by path)."""
+    return at_level(index, layer, seg=seg)
 
 
 def _check_children(kind: str, layers) -> tuple[Layer, ...]:
@@ -61,24 +71,37 @@ def _check_children(kind: str, layers) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
-def _check_levels(name: str, layers: tuple[Layer, ...], params) -> None:
+def _check_levels(name: str, layers: tuple[Layer, ...], params, what: str = "params") -> None:
     if not isinstance(params, (tuple, list)) or len(params) != len(layers):
         got = f"{len(params)} entries" if isinstance(params, (tuple, list)) else type(params).__name__
-        raise LayerError(
-            f"{name}: a network of {len(layers)} levels got params with {got} (params from another network?)"
+        hint = (
+            "no state: pass state=jaxbp.init_state(net, input_shape)"
+            if what == "state" and params == ()
+            else f"{what} from another network?"
         )
+        raise LayerError(f"{name}: a network of {len(layers)} levels got {what} with {got} ({hint})")
 
 
 def _forward_child(seg: str, child: Layer, params, x, *, state, key, train):
     return apply(child, params, x, state=state, key=key, train=train)
 
 
-def _backward_child(seg: str, child: Layer, params, res, g):
-    return child.backward(params, res, g)
+def _backward_child(seg: str, child: Layer, params, res, g, spec):
+    return backprop((), child, params, res, g, spec)
 
 
-def _combinator(kind: str, name: str, layers: tuple[Layer, ...], init, walk: Walk, state_init) -> Layer:
-    """A combinator's Layer: forward and backward are its walk with visitors that call the children."""
+def combinator(kind: str, name: str, layers: tuple[Layer, ...], init, walk: Walk, state_init) -> Layer:
+    """A combinator's Layer from its :class:`~jaxbp.core.Walk`: forward and backward are the walk with
+    the default visitors (call the child; check its contract).
+
+    Args:
+      kind: what it is (descriptive: ``"serial"``, ``"parallel"``, ``"residual"``, ...).
+      name: shown in messages.
+      layers: its children.
+      init: ``(key, input_shape) -> (output_shape, params)``.
+      walk: how it runs its children.
+      state_init: ``input_shape -> state`` when stateful (its forward then takes state, key, train).
+    """
 
     def backward(params, res, g):
         return walk.backward(_backward_child, params, res, g)
@@ -97,29 +120,67 @@ def _combinator(kind: str, name: str, layers: tuple[Layer, ...], init, walk: Wal
     return Layer(init, forward, backward, state_init, name=name, layers=layers, kind=kind, walk=walk)
 
 
-def walk_backward(net: Layer, params, res, g, leaf, path: Path = ()):
-    """The one backward walk: ``net``'s backward with every leaf's backward replaced by ``leaf``.
+def mirror(net: Layer, leaf, path: Path = ()) -> Layer:
+    """``net`` with each leaf replaced by ``leaf(path, layer)``, built as the walk meets it.
+
+    Combinators keep their walk, params and init; their children are mirrored when visited, so a
+    leaf's replacement may close over values of that very call (a backward rule's feedback, the
+    output's cotangent). Every mirrored combinator is stateful (its state is the original's), so
+    keys and the mode reach the replaced leaves. A leaf itself is replaced directly.
+    """
+    if net.walk is None:
+        return leaf(path, net)
+
+    def wrap(visit):
+        return lambda seg, child, *args, **kw: visit(seg, mirror(child, leaf, (*path, seg)), *args, **kw)
+
+    walk = Walk(
+        forward=lambda visit, *args, **kw: net.walk.forward(wrap(visit), *args, **kw),
+        backward=lambda visit, *args: net.walk.backward(wrap(visit), *args),
+        params=lambda visit, params: net.walk.params(wrap(visit), params),
+    )
+    return combinator(net.kind, net.name, net.layers, net.init, walk, lambda shape: init_state(net, shape))
+
+
+def leaf_layers(net: Layer) -> tuple[Layer, ...]:
+    """Every leaf of ``net`` (structurally: no params or input needed), in the order of its children."""
+    return (net,) if net.walk is None else tuple(leaf for child in net.layers for leaf in leaf_layers(child))
+
+
+def _descends(net: Layer, into: Callable[[Layer], bool] | None) -> bool:
+    return net.walk is not None and (into is None or into(net))
+
+
+def walk_backward(net: Layer, params, res, g, leaf, path: Path = (), spec=None, *, into=None):
+    """The one backward walk: ``net``'s backward with every leaf visited by ``leaf``.
 
     Args:
       net: any layer; combinators are entered recursively through their :class:`~jaxbp.core.Walk`.
       params, res, g: as for ``net.backward``.
-      leaf: ``(path, layer, params, res, g) -> (dparams, dx)`` for each leaf, top level first;
-        ``path`` is a tuple of segments such as ``("3", "branch", "1")``.
+      leaf: ``(path, layer, params, res, g, spec) -> (out, dx)`` for each leaf, top level first;
+        ``path`` is a tuple of segments such as ``("3", "branch", "1")``, ``spec`` the recorded
+        structure, shapes and dtypes of the leaf's input (for the contract check). ``out`` is
+        anything: the walk assembles the outs into the params' structure.
+        :func:`jaxbp.contract.backprop` is the default (dparams, checked).
       path: the path of ``net`` itself.
+      spec: the input spec of ``net`` itself, when known.
+      into: ``layer -> bool``: enter only the combinators it accepts (the others are visited whole).
 
     Returns:
-      ``(dparams, dx)`` as from ``net.backward`` when ``leaf`` calls ``layer.backward``.
+      ``(outs, dx)``; with ``leaf=backprop``, ``(dparams, dx)`` as from ``net.backward``.
     """
-    if net.walk is None:
-        return leaf(path, net, params, res, g)
+    if not _descends(net, into):
+        return leaf(path, net, params, res, g, spec)
 
-    def visit(seg, child, p, r, gg):
-        return walk_backward(child, p, r, gg, leaf, (*path, seg))
+    def visit(seg, child, p, r, gg, sp):
+        return walk_backward(child, p, r, gg, leaf, (*path, seg), sp, into=into)
 
     return net.walk.backward(visit, params, res, g)
 
 
-def walk_forward(net: Layer, params, x, leaf, *, state=(), key=None, train: bool = False, path: Path = ()):
+def walk_forward(
+    net: Layer, params, x, leaf, *, state=(), key=None, train: bool = False, path: Path = (), into=None
+):
     """The one forward walk: ``apply(net, ...)`` with every leaf's forward replaced by ``leaf``.
 
     Keys are folded by the combinators exactly as their own forward does, so a visitor that calls
@@ -132,17 +193,63 @@ def walk_forward(net: Layer, params, x, leaf, *, state=(), key=None, train: bool
         bottom level first.
       state, key, train: as for :func:`~jaxbp.core.apply`.
       path: the path of ``net`` itself.
+      into: ``layer -> bool``: enter only the combinators it accepts (the others are visited whole).
 
     Returns:
       ``(y, res, new_state)``.
     """
-    if net.walk is None:
+    if not _descends(net, into):
         return leaf(path, net, params, x, state=state, key=key, train=train)
 
     def visit(seg, child, p, xx, *, state, key, train):
-        return walk_forward(child, p, xx, leaf, state=state, key=key, train=train, path=(*path, seg))
+        return walk_forward(
+            child, p, xx, leaf, state=state, key=key, train=train, path=(*path, seg), into=into
+        )
 
     return net.walk.forward(visit, params, x, state=state, key=key, train=train)
+
+
+def walk_params(net: Layer, params, leaf, path: Path = (), *, into=None):
+    """The params walk: ``leaf(path, layer, params)`` for every leaf, assembled into the params' structure.
+
+    Needs no input: it answers which level owns a parameter (:func:`param_paths`), where a level's
+    params sit, which leaves have a feedback hook.
+
+    Args:
+      net: any layer.
+      params: its params (arrays, abstract values, or anything of the params' structure).
+      leaf: ``(path, layer, params) -> out`` for each leaf, in the order of the params.
+      path: the path of ``net`` itself.
+      into: ``layer -> bool``: enter only the combinators it accepts.
+    """
+    if not _descends(net, into):
+        return leaf(path, net, params)
+    return net.walk.params(lambda seg, child, p: walk_params(child, p, leaf, (*path, seg), into=into), params)
+
+
+class _Owner:
+    """Which level owns a params leaf, and the leaf's key below that level (a plain object: a pytree leaf)."""
+
+    __slots__ = ("key", "level")
+
+    def __init__(self, level: str, key: str):
+        self.level, self.key = level, key
+
+
+def param_owners(net: Layer, params, *, into=None) -> list[tuple[str, str]]:
+    """For each leaf of ``params`` (``jax.tree.leaves`` order): ``(level path, key below the level)``,
+    e.g. ``("3/branch/1", "['W']")``. The params walk answers it; nothing is guessed."""
+
+    def leaf(path, layer, p):
+        level = path_str(path)
+        return jax.tree_util.tree_map_with_path(lambda kp, _: _Owner(level, jax.tree_util.keystr(kp)), p)
+
+    return [(o.level, o.key) for o in jax.tree.leaves(walk_params(net, params, leaf, into=into))]
+
+
+def param_paths(net: Layer, params, *, into=None) -> list[str]:
+    """The level path owning each leaf of ``params``, in ``jax.tree.leaves(params)`` order."""
+    return [level for level, _ in param_owners(net, params, into=into)]
 
 
 def path_order(path: str) -> tuple:
@@ -153,8 +260,33 @@ def path_order(path: str) -> tuple:
     return tuple((0, int(seg), "") if seg.isdigit() else (1, 0, seg) for seg in path.split("/"))
 
 
-def leaves(net: Layer, input_shape, dtype=jnp.float32) -> list[tuple[str, Layer]]:
-    """Every leaf of ``net`` with its level path (see :func:`path_str`), in the order the forward visits them.
+class LeafInfo(NamedTuple):
+    """A leaf of a network as the forward walk meets it (bottom first).
+
+    Attributes:
+      path: the level path (``"3/branch/1"``; ``"0"`` for a network that is one layer).
+      layer: the leaf.
+      x: the leaf's input, abstract (``jax.ShapeDtypeStruct``, a tuple of them for fan-ins).
+      y: its output, abstract.
+    """
+
+    path: str
+    layer: Layer
+    x: Any
+    y: Any
+
+    @property
+    def x_shape(self):
+        """The input's shape (a tuple of shapes for a tuple input)."""
+        return jax.tree.map(lambda a: tuple(a.shape), self.x)
+
+
+def _is_shape(s) -> bool:
+    return isinstance(s, (tuple, list)) and all(isinstance(i, int) for i in s)
+
+
+def leaves(net: Layer, input_shape, dtype=jnp.float32, *, into=None) -> list[LeafInfo]:
+    """Every leaf of ``net`` with its level path and abstract input and output, in forward order.
 
     Runs :func:`walk_forward` abstractly (``jax.eval_shape``): nothing is computed or allocated.
 
@@ -162,20 +294,20 @@ def leaves(net: Layer, input_shape, dtype=jnp.float32) -> list[tuple[str, Layer]
       net: any network a user can build.
       input_shape: the input shape (a tuple of shapes for a tuple input).
       dtype: the input's dtype (an integer dtype for token ids).
+      into: as for :func:`walk_forward`.
     """
-    found: list[tuple[str, Layer]] = []
+    found: list[LeafInfo] = []
 
     def record(path, layer, params, x, *, state, key, train):
-        found.append((path_str(path), layer))
-        return apply(layer, params, x, state=state, key=key, train=train)
-
-    def is_shape(s):
-        return isinstance(s, (tuple, list)) and all(isinstance(i, int) for i in s)
+        y, r, s = apply(layer, params, x, state=state, key=key, train=train)
+        spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), (x, y))
+        found.append(LeafInfo(path_str(path), layer, *spec))
+        return y, r, s
 
     def run(key):
-        x = jax.tree.map(lambda s: jnp.zeros(s, dtype), input_shape, is_leaf=is_shape)
+        x = jax.tree.map(lambda s: jnp.zeros(s, dtype), input_shape, is_leaf=_is_shape)
         params = net.init(key, input_shape)[1]
-        walk_forward(net, params, x, record, state=init_state(net, input_shape), key=key, train=True)
+        walk_forward(net, params, x, record, state=init_state(net, input_shape), key=key, into=into)
 
     jax.eval_shape(run, jax.random.PRNGKey(0))
     return found
@@ -218,7 +350,7 @@ def serial(*layers: Layer) -> Layer:
     def forward(visit, params, x, *, state, key, train):
         _check_levels(name, layers, params)
         if stateful:
-            _check_levels(name + " state", layers, state)
+            _check_levels(name, layers, state, "state")
         res, new_state = [], []
         for i, (layer, p, s) in enumerate(zip(layers, params, state if stateful else ((),) * n, strict=True)):
             k = None if key is None else jax.random.fold_in(key, i)
@@ -231,16 +363,23 @@ def serial(*layers: Layer) -> Layer:
 
     def backward(visit, params, res, g):
         # for n = N-1 ... 0:  (dω^n, g) = backward^n(ω^n, res^n, g)   — g is dL/dx^n on exit
-        grads = [None] * n
+        outs = [None] * n
         for i in reversed(range(n)):
             r, spec = res[i]
             with at_level(i, layers[i]):
-                out = visit(str(i), layers[i], params[i], r, g)
-            grads[i], g = check_contract(str(i), layers[i], params[i], spec, out)
-        return tuple(grads), g
+                outs[i], g = visit(str(i), layers[i], params[i], r, g, spec)
+        return tuple(outs), g
 
-    return _combinator(
-        "serial", name, layers, init, Walk(forward, backward), state_init if stateful else None
+    def each(visit, params):
+        _check_levels(name, layers, params)
+        outs = []
+        for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
+            with at_level(i, layer):
+                outs.append(visit(str(i), layer, p))
+        return tuple(outs)
+
+    return combinator(
+        "serial", name, layers, init, Walk(forward, backward, each), state_init if stateful else None
     )
 
 
@@ -276,7 +415,7 @@ def Identity() -> Layer:
         # dx = g
         return (), g
 
-    return Layer(_init_same, forward, backward, name="Identity")
+    return Layer(_init_same, forward, backward, name="Identity", per_example=LINEAR)
 
 
 def FanOut(n: int) -> Layer:
@@ -299,7 +438,7 @@ def FanOut(n: int) -> Layer:
             dx = dx + gi
         return (), dx
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)
 
 
 def FanInSum() -> Layer:
@@ -327,7 +466,7 @@ def FanInSum() -> Layer:
         # dx_i = g   for each branch i
         return (), tuple(g.astype(d) for d in dtypes.value)
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)
 
 
 def FanInConcat(axis: int = -1) -> Layer:
@@ -359,12 +498,7 @@ def FanInConcat(axis: int = -1) -> Layer:
         cuts = [sum(sizes[:i]) for i in range(1, len(sizes))]
         return (), tuple(p.astype(d) for p, d in zip(jnp.split(g, cuts, axis=ax), dtypes, strict=True))
 
-    return Layer(init, forward, backward, name=name)
-
-
-def at_branch(index: int, layer: Layer, seg: str | None = None):
-    """Re-raise shape and type errors from inside a branch with the branch's index and name."""
-    return at_level(index, layer, kind="branch", seg=seg)
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)
 
 
 def _check_branches(name: str, n: int, tree, what: str) -> None:
@@ -426,18 +560,25 @@ def parallel(*layers: Layer) -> Layer:
     def backward(visit, params, res, g):
         # (dω_i, dx_i) = backward_i(ω_i, res_i, g_i)   for each branch i
         g = _arrays_of(name, g, n)
-        grads, dxs = [], []
+        outs, dxs = [], []
         for i, layer in enumerate(layers):
             r, spec = res[i]
             with at_branch(i, layer):
-                out = visit(str(i), layer, params[i], r, g[i])
-            dp, dx = check_contract(str(i), layer, params[i], spec, out)
-            grads.append(dp)
+                out, dx = visit(str(i), layer, params[i], r, g[i], spec)
+            outs.append(out)
             dxs.append(dx)
-        return tuple(grads), tuple(dxs)
+        return tuple(outs), tuple(dxs)
 
-    return _combinator(
-        "parallel", name, layers, init, Walk(forward, backward), state_init if stateful else None
+    def each(visit, params):
+        _check_branches(name, n, params, "params")
+        outs = []
+        for i, (layer, p) in enumerate(zip(layers, params, strict=True)):
+            with at_branch(i, layer):
+                outs.append(visit(str(i), layer, p))
+        return tuple(outs)
+
+    return combinator(
+        "parallel", name, layers, init, Walk(forward, backward, each), state_init if stateful else None
     )
 
 
@@ -476,14 +617,17 @@ def Residual(layer: Layer) -> Layer:
 
     def backward(visit, params, res, g):
         # dx = g + dx_f;  (dω, dx_f) = backward_f(ω, res, g)   — the fork rule at x
-        with at_branch(0, layer, seg="branch"):
-            out = visit("branch", layer, params, res, g)
         # res is the branch's own (Residual adds nothing); x has the shape of y, so of g
-        dparams, dx_f = check_contract("branch", layer, params, input_spec(g, dtypes=False), out)
-        return dparams, g + dx_f
+        with at_branch(0, layer, seg="branch"):
+            out, dx_f = visit("branch", layer, params, res, g, input_spec(g, dtypes=False))
+        return out, g + dx_f
+
+    def each(visit, params):
+        with at_branch(0, layer, seg="branch"):
+            return visit("branch", layer, params)
 
     state_init = state_init if is_stateful(layer) else None
-    return _combinator("residual", name, (layer,), init, Walk(forward, backward), state_init)
+    return combinator("residual", name, (layer,), init, Walk(forward, backward, each), state_init)
 
 
 __all__ = [
@@ -491,13 +635,20 @@ __all__ = [
     "FanInSum",
     "FanOut",
     "Identity",
+    "LeafInfo",
     "Residual",
     "at_branch",
     "at_level",
+    "combinator",
+    "leaf_layers",
     "leaves",
+    "mirror",
     "parallel",
+    "param_owners",
+    "param_paths",
     "path_order",
     "serial",
     "walk_backward",
     "walk_forward",
+    "walk_params",
 ]

@@ -14,21 +14,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.core import Layer, Static, layer_name
-from jaxbp.errors import ContractError
+from jaxbp.errors import ContractError, at_path
+from jaxbp.errors import path_text as path_str
 
 Path = tuple[str, ...]
 
 
-def path_str(path: Path) -> str:
-    """A level path as text: ``("3", "branch", "1")`` -> ``"3/branch/1"``; a lone layer's path is ``"0"``."""
-    return "/".join(path) or "0"
-
-
 def contract_error(path: Path, layer: str, detail: str) -> ContractError:
     """A :class:`~jaxbp.errors.ContractError` at ``path``, with ``path``, ``layer``, ``detail`` attributes."""
-    err = ContractError(f"level {path_str(path)} ({layer}): its backward broke the contract: {detail}")
-    err.path, err.layer, err.detail = path, layer, detail
-    return err
+    return at_path(ContractError(detail), path, layer)
 
 
 def input_spec(x, *, dtypes: bool = True) -> Static:
@@ -75,13 +69,13 @@ def _tree_problems(what: str, got, want, dtypes: bool = True) -> list[str]:
     return out
 
 
-def check_contract(seg: str | None, layer: Layer, params, spec: Static | None, result) -> tuple:
-    """Raise :class:`~jaxbp.errors.ContractError` at level ``seg`` (None: the network itself) unless
-    ``result`` is a valid ``(dparams, dx)`` for ``params`` and the input ``spec``; return it.
+def check_contract(layer: Layer, params, spec: Static | None, result, path: Path = ()) -> tuple:
+    """Raise :class:`~jaxbp.errors.ContractError` (at ``path`` relative to where the caller stands:
+    the walk prepends the levels above) unless ``result`` is a valid ``(dparams, dx)`` for ``params``
+    and the input ``spec``; return it.
 
     Only shapes, dtypes and tree structures are compared, at trace time: no run-time cost.
     """
-    path = () if seg is None else (seg,)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise contract_error(
             path, layer_name(layer), f"backward returned {type(result).__name__}, expected (dparams, dx)"
@@ -92,4 +86,18 @@ def check_contract(seg: str | None, layer: Layer, params, spec: Static | None, r
     return result
 
 
-__all__ = ["Path", "check_contract", "contract_error", "contract_problems", "input_spec", "path_str"]
+def backprop(path: Path, layer: Layer, params, res, g, spec: Static | None) -> tuple:
+    """The default visitor of :func:`~jaxbp.combinators.walk_backward`: the leaf's own backward, its
+    contract checked. Other visitors call it where they need the leaf's ``(dparams, dx)``."""
+    return check_contract(layer, params, spec, layer.backward(params, res, g))
+
+
+__all__ = [
+    "Path",
+    "backprop",
+    "check_contract",
+    "contract_error",
+    "contract_problems",
+    "input_spec",
+    "path_str",
+]

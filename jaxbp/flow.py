@@ -16,18 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.combinators import path_order, walk_backward, walk_forward
-from jaxbp.contract import path_str
+from jaxbp.contract import backprop, path_str
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, layer_name
-
-
-def levels(net: Layer) -> tuple[Layer, ...]:
-    """The leaves of ``net`` (its levels) in forward order; ``(net,)`` for a single layer.
-
-    Their paths need the walk: see :func:`jaxbp.combinators.leaves`.
-    """
-    if net.walk is None:
-        return (net,)
-    return tuple(leaf for child in net.layers for leaf in levels(child))
 
 
 def norm(tree) -> Array:
@@ -55,9 +45,9 @@ def backward_with_flow(net: Layer, params: Params, res, g: Array) -> tuple[Param
     """
     seen = {}
 
-    def leaf(path, layer, p, r, gg):
+    def leaf(path, layer, p, r, gg, spec):
         # (dω^n, dx^n) = backward^n(ω^n, res^n, dx^{n+1});  record ‖dx^n‖, ‖dω^n‖
-        dp, dx = layer.backward(p, r, gg)
+        dp, dx = backprop(path, layer, p, r, gg, spec)
         seen[path_str(path)] = (norm(dx), norm(dp))
         return dp, dx
 
@@ -138,8 +128,8 @@ def locate_nonfinite(
     if not _finite(value):
         return NonFinite("loss", None, loss.name)
 
-    def backward_leaf(path, layer, p, r, g):
-        dp, dx = layer.backward(p, r, g)
+    def backward_leaf(path, layer, p, r, g, spec):
+        dp, dx = backprop(path, layer, p, r, g, spec)
         if not found and not (_finite(dx) and _finite(dp)):
             found.append(NonFinite("backward", path_str(path), layer_name(layer)))
         return dp, dx

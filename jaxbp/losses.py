@@ -89,8 +89,7 @@ def SoftmaxCrossEntropy() -> Loss:
         w = jnp.sqrt(mass(p, t) / (math.prod(p.shape[:-1]) * samples))[..., None]
         return (p - jax.nn.one_hot(y, p.shape[-1], dtype=p.dtype)) * w
 
-    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
-    return Loss(forward, backward, name="SoftmaxCrossEntropy", extras=extras)
+    return Loss(forward, backward, "SoftmaxCrossEntropy", sqrt_hessian, sqrt_hessian_mc)
 
 
 def MeanSquaredError() -> Loss:
@@ -119,8 +118,7 @@ def MeanSquaredError() -> Loss:
         z = jax.random.normal(key, (samples, *diff.shape), diff.dtype)
         return z * jnp.sqrt(2 / (diff.size * samples)).astype(diff.dtype)
 
-    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
-    return Loss(forward, backward, name="MeanSquaredError", extras=extras)
+    return Loss(forward, backward, "MeanSquaredError", sqrt_hessian, sqrt_hessian_mc)
 
 
 def BinaryCrossEntropyWithLogits() -> Loss:
@@ -153,5 +151,4 @@ def BinaryCrossEntropyWithLogits() -> Loss:
         y = jax.random.bernoulli(key, p, (samples, *p.shape)).astype(p.dtype)
         return (p - y) / jnp.sqrt(p.size * samples).astype(p.dtype)
 
-    extras = {"sqrt_hessian": sqrt_hessian, "sqrt_hessian_mc": sqrt_hessian_mc}
-    return Loss(forward, backward, name="BinaryCrossEntropyWithLogits", extras=extras)
+    return Loss(forward, backward, "BinaryCrossEntropyWithLogits", sqrt_hessian, sqrt_hessian_mc)

@@ -79,6 +79,7 @@ def train_step_fn(
     *,
     forward_backward: Callable = forward_backward,
     reduction: Reduction | None = None,
+    needs_key: bool = False,
 ) -> Callable:
     """The uncompiled step ``(train_state, x, target) -> (train_state, loss_value)``.
 
@@ -88,10 +89,12 @@ def train_step_fn(
     replaceable, so a benchmark can build the identical step on ``jax.grad``. ``reduction``
     makes it the step of one shard of a data-parallel step
     (:func:`jaxbp.distributed.parallel_train_step_fn`): the key handling, the forward-backward
-    and the update are this function's on one device and on many.
+    and the update are this function's on one device and on many. ``needs_key``: the
+    ``forward_backward`` draws (DP-SGD's noise, :mod:`jaxbp.quantities.dp`), so it gets a step key
+    even for a network without random layers.
     """
 
-    random = is_stateful(net)  # only stateful nets (Dropout) consume a key: no split otherwise
+    random = is_stateful(net) or needs_key  # only what draws consumes a key: no split otherwise
 
     def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
         key, step_key = jax.random.split(ts.key) if random else (ts.key, None)

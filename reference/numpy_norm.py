@@ -1,4 +1,4 @@
-"""NumPy references for BatchNorm, LayerNorm and Embedding (no JAX, nothing from jaxbp).
+"""NumPy references for BatchNorm, LayerNorm, GroupNorm and Embedding (no JAX, nothing from jaxbp).
 
 Same interface as :mod:`reference.numpy_bp`: a :class:`RefLayer` of
 ``forward(params, x) -> (y, cache)`` and ``backward(params, cache, g) -> (dparams, dx)``,
@@ -63,6 +63,31 @@ def batch_norm(state: dict, momentum: float = 0.9, epsilon: float = 1e-5, train:
             gh = gh - gh.mean(0) - xhat * (gh * xhat).mean(0)
         dx = gh / np.sqrt(var + epsilon)
         return {"scale": (g2 * xhat).sum(0), "bias": g2.sum(0)}, dx.reshape(shape)
+
+    return RefLayer(forward, backward)
+
+
+def group_norm(groups: int, epsilon: float = 1e-5) -> RefLayer:
+    """Normalise each example over its positions and the channels of each of ``groups`` channel groups."""
+
+    def grouped(a):
+        return a.reshape(a.shape[0], -1, groups, a.shape[-1] // groups)
+
+    def forward(p, x):
+        xg = grouped(x)
+        mu = xg.mean((1, 3), keepdims=True)
+        var = ((xg - mu) ** 2).mean((1, 3), keepdims=True)
+        xhat = ((xg - mu) / np.sqrt(var + epsilon)).reshape(x.shape)
+        return xhat * p["scale"] + p["bias"], (xhat, var)
+
+    def backward(p, cache, g):
+        # per (example, group): dx = (gh - mean(gh) - xhat mean(gh xhat)) / sqrt(var + eps), gh = g scale
+        xhat, var = cache
+        gh, xg = grouped(g * p["scale"]), grouped(xhat)
+        gh = gh - gh.mean((1, 3), keepdims=True) - xg * (gh * xg).mean((1, 3), keepdims=True)
+        dx = (gh / np.sqrt(var + epsilon)).reshape(g.shape)
+        g2, xhat2 = g.reshape(-1, g.shape[-1]), xhat.reshape(-1, g.shape[-1])
+        return {"scale": (g2 * xhat2).sum(0), "bias": g2.sum(0)}, dx
 
     return RefLayer(forward, backward)
 

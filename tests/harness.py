@@ -155,6 +155,7 @@ def edge_cases() -> dict[str, list[tuple[Layer, tuple[int, ...]]]]:
     from jaxbp.layers.conv import Conv1D, Conv2D
     from jaxbp.layers.dropout import Dropout
     from jaxbp.layers.embedding import Embedding
+    from jaxbp.layers.group_norm import GroupNorm
     from jaxbp.layers.norm import BatchNorm, LayerNorm
     from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
     from jaxbp.layers.recurrent import LSTM, RNN
@@ -172,6 +173,8 @@ def edge_cases() -> dict[str, list[tuple[Layer, tuple[int, ...]]]]:
         "LayerNorm": [(LayerNorm(), (4, 5)), (LayerNorm(1e-2), (2, 3, 6))],
         "BatchNorm": [(BatchNorm(0.7), (5, 3)), (BatchNorm(), (2, 3, 2, 4))],
         "BatchNormEval": [(BatchNorm(), (5, 3)), (BatchNorm(), (1, 3, 3, 2))],
+        # one group (LayerNorm over everything but the batch) and one channel per group (InstanceNorm)
+        "GroupNorm": [(GroupNorm(1), (2, 3, 3, 4)), (GroupNorm(4), (3, 5, 4))],
         "MaxPool": [
             (MaxPool((3, 3), (2, 1), pad), (2, 6, 5, 2)),  # overlapping windows, explicit padding
             (MaxPool((2, 2), (1, 1), "SAME"), (1, 4, 4, 3)),

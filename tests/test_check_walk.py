@@ -87,12 +87,12 @@ def FeedbackDense(features: int, *, wrong: bool = False) -> Layer:
         B = feedback(x)
         return sg(x) @ params["W"] + x @ sg(B) - sg(x @ B), x
 
-    return Layer(init, forward, backward, name="FeedbackDense", extras={"check_forward": check_forward})
+    return Layer(init, forward, backward, name="FeedbackDense", check_forward=check_forward)
 
 
 def test_check_forward_is_the_oracle_of_its_leaf():
     assert check_layer(FeedbackDense(3), (4, 3), dtype=F64, seeds=2).ok
-    without = FeedbackDense(3)._replace(extras={})
+    without = FeedbackDense(3)._replace(check_forward=None)
     report = check_layer(without, (4, 3), dtype=F64)
     assert report.failed_leaves() == {"x"}  # against the true gradient, dx = g Bᵀ is wrong
     assert check_layer(FeedbackDense(3, wrong=True), (4, 3), dtype=F64).failed_leaves() == {"x"}

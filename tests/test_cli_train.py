@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from jaxbp import cli
+from jaxbp.combinators import leaf_layers as levels
 from jaxbp.errors import DataError
-from jaxbp.flow import levels
 from jaxbp.train import checkpoint
 from jaxbp.train import cli as train_cli
 from jaxbp.train.epoch import make_epoch, make_epoch_loop

@@ -152,7 +152,7 @@ def test_flow_norms_on_any_network(key):
             )
         else:
             tree_loss = loss
-        assert [p for p, _ in leaves(net, shape)] == paths
+        assert [lf.path for lf in leaves(net, shape)] == paths
         dx_norms, dp_norms = jax.jit(
             lambda p, xx, tt, net=net, lo=tree_loss: flow_norms(net, lo, p, (), None, xx, tt)
         )(params, xx, tt)

@@ -23,13 +23,13 @@ from jaxbp.layers.dense import Dense
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.embedding import Embedding
 from jaxbp.layers.norm import BatchNorm, LayerNorm
+from jaxbp.layers.per_example import outer_l2
 from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
 from jaxbp.layers.recurrent import RNN
 from jaxbp.layers.shape import Flatten
 from jaxbp.layers.softmax import Softmax
 from jaxbp.losses import BinaryCrossEntropyWithLogits, MeanSquaredError, SoftmaxCrossEntropy
 from jaxbp.quantities import value_grad_and
-from jaxbp.quantities.extras import outer_l2
 
 TOL = 1e-10
 FIRST = ("batch_grad", "batch_l2", "sum_grad_squared", "variance")
@@ -216,7 +216,7 @@ def test_mc_quantities_use_the_sampled_factor(key):
     _, _, q3 = f(params, x, t, key=jax.random.PRNGKey(7))
     assert not np.allclose(ravel_pytree(q3["diag_ggn_mc"])[0], ravel_pytree(q["diag_ggn_mc"])[0])
     _, lres = loss.forward(apply(net, params, x)[0], t)
-    S = loss.extras["sqrt_hessian_mc"](lres, jax.random.split(key)[1], 3)  # the key f gives the loss
+    S = loss.sqrt_hessian_mc(lres, jax.random.split(key)[1], 3)  # the key f gives the loss
     flat, _, J, _ = flat_setup(net, loss, params, x, t)
     Jn = J.reshape(4, 3, -1)  # per example: sum_{m,n} (J_nᵀ s_mn)²
     JS = jnp.einsum("bcp,mbc->mbp", Jn, S)
@@ -236,10 +236,10 @@ def test_mc_factor_expectation_by_enumeration(key, loss):
     t = jnp.array([1, 2]) if loss.name == "SoftmaxCrossEntropy" else jax.nn.sigmoid(z)
     _, (p, _) = loss.forward(z, t)
     H = jax.hessian(lambda zz: loss.forward(zz.reshape(z.shape), t)[0])(z.ravel())
-    S = loss.extras["sqrt_hessian"]((p, t))
+    S = loss.sqrt_hessian((p, t))
     blocks = jnp.stack([H.reshape(2, 3, 2, 3)[b, :, b, :] for b in range(2)])  # H_n of each example
     np.testing.assert_allclose(jnp.einsum("kbi,kbj->bij", S, S), blocks, atol=TOL)
-    s = loss.extras["sqrt_hessian_mc"]((p, t), key, 1)[0]
+    s = loss.sqrt_hessian_mc((p, t), key, 1)[0]
     if loss.name == "SoftmaxCrossEntropy":  # s = w (p - e_y): sum over y of p_y (p - e_y)(p - e_y)ᵀ w²
         E = (
             sum(jnp.einsum("b,bi,bj->bij", p[:, c], p - jnp.eye(3)[c], p - jnp.eye(3)[c]) for c in range(3))
@@ -318,8 +318,8 @@ def test_check_quantities_catches_a_wrong_extra(key):
     from jaxbp.quantities.check import check_quantities
 
     good = Dense(2)
-    wrong = dict(good.extras, batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
-    bad = good._replace(extras=wrong)  # forgets ||g||² in the W norm
+    wrong = good.per_example._replace(batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
+    bad = good._replace(per_example=wrong)  # forgets ||g||² in the W norm
     report = check_quantities(serial(bad), (3, 4), ("batch_l2",), seeds=1)
     assert not report.ok and report.failed_leaves() == {"['W']"}
     assert dataclasses.is_dataclass(report.rows[0])
@@ -330,8 +330,8 @@ def test_check_layer_verifies_quantities_too(key):
 
     good = Dense(2)
     assert jaxbp.check_layer(good, (3, 4), quantities=("batch_l2",)).ok
-    wrong = dict(good.extras, batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
-    report = jaxbp.check_layer(good._replace(extras=wrong), (3, 4), quantities=("batch_l2",))
+    wrong = good.per_example._replace(batch_l2=lambda p, x, g: {"W": (x**2).sum(-1), "b": (g**2).sum(-1)})
+    report = jaxbp.check_layer(good._replace(per_example=wrong), (3, 4), quantities=("batch_l2",))
     assert not report.ok and report.first_bad_level == "0" and report.failed_leaves() == {"['W']"}, str(
         report
     )

@@ -101,11 +101,13 @@ def test_dfa_with_one_hidden_layer_and_feedback_like_is_backprop():
     net = mlp(hidden=(7,))
     params, x, t = setup(net, (5, 2, 3))
     R = rules.direct_feedback_alignment(net, key=3)
-    state = rules.feedback_like(R, params)
+    state = rules.feedback_like(R, params, input_shape=x.shape)
     (_, _), grads = jax.jit(jaxbp.value_and_grad(R, LOSS))(params, x, t, state=state)
     assert max_diff(grads, jax.jit(jaxbp.grad(net, LOSS))(params, x, t)) < 1e-12
     with pytest.raises(UsageError, match="no feedback turns dfa"):
-        rules.feedback_like(rules.direct_feedback_alignment(mlp()), setup(mlp(), (5, 2, 3))[0])
+        rules.feedback_like(
+            rules.direct_feedback_alignment(mlp()), setup(mlp(), (5, 2, 3))[0], input_shape=x.shape
+        )
     with pytest.raises(UsageError, match="no feedback turns usf"):
         rules.feedback_like(rules.sign_symmetry(net), params)
 
@@ -127,14 +129,13 @@ def test_dw_is_backprops_on_the_arriving_g_and_check_rule_passes(make_rule, make
     state, key = jaxbp.init_state(R, shape), jax.random.PRNGKey(5)
     y, res, _ = jaxbp.apply(R, params, x, state=state, key=key, train=True)
     assert np.array_equal(y, jaxbp.apply(net, params, x)[0])  # same forward
-    spec = rules.rule_spec(R)
     g = LOSS.backward(LOSS.forward(y, t)[1])
-    rec = recorded_backward(spec.walk_net, params, res, g, spec.backward_leaf(g))
+    rec = recorded_backward(R, params, res, g)
     weight_levels = 0
     for layer, p, r, gg, dp, _ in rec.values():
-        if "rule_leaf" in layer.extras or (spec.name == "dfa" and "feedback_weight" in layer.extras):
-            inner = layer.extras["rule_leaf"]()[0] if "rule_leaf" in layer.extras else layer
-            want, _ = inner.backward(p, r[0], gg)
+        if layer.feedback is not None or layer.rule is not None:
+            inner, own = (layer.rule.net, r[0]) if layer.rule is not None else (layer, r)
+            want, _ = inner.backward(p, own, gg)
             assert same_tree(dp, want)
             weight_levels += 1
     assert weight_levels == 3
@@ -145,7 +146,7 @@ def test_dw_is_backprops_on_the_arriving_g_and_check_rule_passes(make_rule, make
 
 @pytest.mark.parametrize("variant", ["fa", *(pytest.param(v, marks=SLOW) for v in ("usf", "frsf", "brsf"))])
 def test_rule_leaf_check_forward_vjp_is_its_backward(variant):
-    """The checker's oracle: autodiff of extras["check_forward"] == the rule leaf's hand-written backward."""
+    """The checker's oracle: autodiff of check_forward == the rule leaf's hand-written backward."""
     net = conv_net()
     params, x, t = setup(net, (2, 4, 4, 2))
     R = rules.by_name(variant, net, key=4)
@@ -153,7 +154,7 @@ def test_rule_leaf_check_forward_vjp_is_its_backward(variant):
     found = []
 
     def leaf(path, layer, p, xx, *, state, key, train):
-        if "check_forward" in layer.extras:
+        if layer.check_forward is not None:
             found.append((path, layer, p, xx, state, key))
         return jaxbp.apply(layer, p, xx, state=state, key=key, train=train)
 
@@ -163,7 +164,7 @@ def test_rule_leaf_check_forward_vjp_is_its_backward(variant):
 
         def both(p, xx, g, s, k, layer=layer):  # one compiled program per leaf (eager ops compile one by one)
             y, res, _ = layer.forward(p, xx, state=s, key=k, train=True)
-            cf = layer.extras["check_forward"]
+            cf = layer.check_forward
             y2, vjp = jax.vjp(lambda p, xx: cf(p, xx, state=s, key=k, train=True)[0], p, xx)
             return y, y2, layer.backward(p, res, g), vjp(g)
 
@@ -183,7 +184,7 @@ def test_dfa_check_forward_vjp_is_its_backward():
     state = jaxbp.init_state(R, x.shape)
     y, res, _ = R.forward(params, x, state=state, key=None, train=True)
     g = jax.random.normal(jax.random.PRNGKey(7), y.shape, F64)
-    f = lambda p, xx: R.extras["check_forward"](p, xx, state=state, key=None, train=True)[0]  # noqa: E731
+    f = lambda p, xx: R.check_forward(p, xx, state=state, key=None, train=True)[0]  # noqa: E731
     y2, vjp = jax.vjp(f, params, x)
     assert float(jnp.max(jnp.abs(y2 - y))) < 1e-15
     assert max_diff(R.backward(params, res, g), vjp(g)) < 1e-12

@@ -3,12 +3,11 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from jax import lax
 
 import jaxbp
 from jaxbp import rules
-from jaxbp.rules.dfa import _dfa_net, project
-from jaxbp.rules.feedback import VARIANTS, Feedback, _rule_net
+from jaxbp.rules.dfa import project
+from jaxbp.rules.net import make
 
 F64 = jnp.float64
 LOSS = jaxbp.SoftmaxCrossEntropy()
@@ -50,44 +49,38 @@ def test_correct_rules_pass():
         rules.feedback_alignment(mlp()),
         rules.sign_symmetry(mlp(), "brsf"),
         rules.direct_feedback_alignment(mlp()),
+        rules.kolen_pollack(mlp()),
     ):
         assert run(R).ok
 
 
-def test_fa_using_b_for_dw_too():
-    def BadDense(features, **kw):
-        layer = jaxbp.Dense(features, **kw)
-
-        def feedback_backward(params, x, g, B):
-            # bug: dW computed on a cotangent sent through B (g B^T B) instead of on g
-            dparams, dx = layer.extras["feedback_backward"](params, x, g, B)
-            gB = lax.dot_general(lax.dot_general(g, B, (((1,), (1,)), ((), ()))), B, (((1,), (0,)), ((), ())))
-            return {**dparams, "W": x.T @ gB}, dx
-
-        return layer._replace(extras={**layer.extras, "feedback_backward": feedback_backward})
-
-    assert_caught(run(rules.feedback_alignment(mlp(BadDense))), "3", {"['W']"})
+def mutant(rule, **fields):
+    """``rule`` with some of its fields replaced, under its own name (check_rule's reference is the
+    registered definition of that name)."""
+    return lambda net: make(net, rule._replace(**fields), key=0)
 
 
-def test_dfa_skipping_the_activations_derivative():
-    def leaf_without_activation_derivative(e):
-        def leaf(path, layer, params, res, g):
-            r, B = res
-            dparams, dx = layer.backward(params, r, g)
-            if not jax.tree.leaves(params) and g.shape == dx.shape:  # bug: activations hand g down as it is
-                return dparams, g
-            return (dparams, dx) if B is None else (dparams, project(e, B).astype(dx.dtype))
+def transport(layer, params, res, g, B, e):
+    # bug: the level hands down backprop's dx, keeping the weight transport the rule removes
+    return layer.backward(params, res, g)[1]
 
-        return leaf
 
-    report = run(_dfa_net(mlp(), 0, leaf_without_activation_derivative))
-    assert_caught(report, "4", {"x"}, failing={"2", "4"})  # both Tanh levels, the top one first
+def test_fa_that_keeps_weight_transport():
+    R = mutant(rules.RULES["fa"], dx=transport)(mlp())
+    assert_caught(run(R), "5", {"x"}, failing={"1", "3", "5"})
+
+
+def test_dfa_dividing_the_output_error_by_the_batch_again():
+    # bug: dx^n = e · B_n / N (e is already the cotangent of the mean loss)
+    R = mutant(rules.RULES["dfa"], dx=lambda layer, params, res, g, B, e: project(e, B) / e.shape[0])(mlp())
+    assert_caught(run(R), "5", {"x"}, failing={"3", "5"})
 
 
 def test_brsf_that_does_not_redraw():
-    frozen = Feedback(init=VARIANTS["frsf"].init, weight=VARIANTS["frsf"].weight)  # |R| fixed at init
+    frsf = rules.RULES["frsf"]
+    R = mutant(rules.RULES["brsf"], init=frsf.init, step=frsf.step)(mlp())  # |R| fixed at init
     # every weight level hands down the wrong dx; the error starts at the top one
-    assert_caught(run(_rule_net(mlp(), "brsf", frozen, 0)), "5", {"x"}, failing={"1", "3", "5"})
+    assert_caught(run(R), "5", {"x"}, failing={"1", "3", "5"})
 
 
 def check_network_on(R):
@@ -99,22 +92,17 @@ def check_network_on(R):
 
 @pytest.mark.slow
 def test_the_general_checker_verifies_local_rules_against_their_definition():
-    # FA and sign symmetry keep the net's walk: check_network checks each rule leaf against the
-    # autodiff VJP of its extras["check_forward"] (W in dW, B in dx), at the same paths
-    for R in (rules.feedback_alignment(mlp()), rules.sign_symmetry(mlp(), "brsf")):
+    # FA, sign symmetry and KP keep the net's walk: check_network checks each rule leaf against the
+    # autodiff VJP of its check_forward (W in dW, B in dx), at the same paths
+    for R in (
+        rules.feedback_alignment(mlp()),
+        rules.sign_symmetry(mlp(), "brsf"),
+        rules.kolen_pollack(mlp()),
+    ):
         assert check_network_on(R).ok
 
 
 @pytest.mark.slow
-def test_the_general_checker_localises_fa_using_b_for_dw():
-    def BadDense(features, **kw):
-        layer = jaxbp.Dense(features, **kw)
-
-        def feedback_backward(params, x, g, B):
-            dparams, dx = layer.extras["feedback_backward"](params, x, g, B)
-            return {**dparams, "W": 2.0 * dparams["W"]}, dx  # bug: dW off by a factor
-
-        return layer._replace(extras={**layer.extras, "feedback_backward": feedback_backward})
-
-    report = check_network_on(rules.feedback_alignment(mlp(BadDense)))
-    assert report.first_bad_level == "3" and report.failed_leaves() == {"['W']"}, str(report)
+def test_the_general_checker_localises_a_rule_that_keeps_weight_transport():
+    report = check_network_on(mutant(rules.RULES["fa"], dx=transport)(mlp()))
+    assert report.first_bad_level == "5" and report.failed_leaves() == {"x"}, str(report)

@@ -1,4 +1,4 @@
-"""Straight-through estimators: backward == autodiff of extras["check_forward"]; BinaryConnect's clip."""
+"""Straight-through estimators: backward == autodiff of check_forward; BinaryConnect's clip."""
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ def test_backward_is_the_vjp_of_check_forward(make):
     _, params = layer.init(jax.random.PRNGKey(1), x.shape)
     y, res = layer.forward(params, x)
     g = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
-    y2, vjp = jax.vjp(lambda p, xx: layer.extras["check_forward"](p, xx)[0], params, x)
+    y2, vjp = jax.vjp(lambda p, xx: layer.check_forward(p, xx)[0], params, x)
     np.testing.assert_allclose(y2, y, atol=1e-15)
     for a, b in zip(jax.tree.leaves(layer.backward(params, res, g)), jax.tree.leaves(vjp(g)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)

@@ -305,5 +305,5 @@ def test_errors_name_layer_and_shapes(key):
     with pytest.raises(LayerError, match=r"parallel\(Dense\(3\), Dense\(3\)\).*2 arrays.*shape \(2, 5\)"):
         par.forward(((), ()), jnp.zeros((2, 5)))
     _, p = par.init(key, ((2, 5), (2, 5)))
-    with pytest.raises(LayerError, match=r"level 1 \(parallel.*branch 0 \(Dense\(3\)\).*\(2, 4\)"):
+    with pytest.raises(LayerError, match=r"level 1/0 \(Dense\(3\)\).*\(2, 4\)"):
         jaxbp.serial(FanOut(2), par).forward(((), p), jnp.zeros((2, 4)))

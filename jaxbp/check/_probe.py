@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.check._witness import cast, is_float, witness_values
-from jaxbp.combinators import walk_forward
-from jaxbp.contract import path_str
+from jaxbp.combinators import param_paths, walk_forward
+from jaxbp.contract import contract_problems, input_spec, path_str
 from jaxbp.core import Layer, Static, apply, is_combinator, layer_name
 from jaxbp.errors import ContractError
 
@@ -86,19 +86,30 @@ class _Seen(NamedTuple):
 
 
 def oracle_apply(layer: Layer, params, x, *, state, key, train):
-    """``apply`` with the leaf's ``extras["check_forward"]`` (when it has one) as its forward.
+    """``apply`` with the layer's ``check_forward`` (when it has one) as its forward.
 
-    The autodiff VJP of ``check_forward`` is by definition what the leaf's backward computes
-    (a backward rule such as feedback alignment), so it is the oracle of that backward.
+    The autodiff VJP of ``check_forward`` is by definition what the layer's backward computes
+    (a straight-through estimator, a backward rule), so it is the oracle of that backward.
     """
-    check_forward = layer.extras.get("check_forward")
-    if check_forward is not None:
-        layer = layer._replace(forward=check_forward)
+    if layer.check_forward is not None:
+        layer = layer._replace(forward=layer.check_forward)
     return apply(layer, params, x, state=state, key=key, train=train)
 
 
 def _oracle_leaf(path, layer, params, x, *, state, key, train):
     return oracle_apply(layer, params, x, state=state, key=key, train=train)
+
+
+def unit(layer: Layer) -> bool:
+    """Whether the checker enters ``layer``: a combinator with a ``check_forward`` (a DFA net) is one
+    level of its own, its oracle covering its whole subtree."""
+    return layer.check_forward is None
+
+
+def oracle_forward(net: Layer, params, x, *, state, key, train):
+    """The network's output with every level's oracle forward: autodiff of it is the network's
+    hand-written backward *by definition* (backprop where there is no ``check_forward``)."""
+    return walk_forward(net, params, x, _oracle_leaf, state=state, key=key, train=train, into=unit)[0]
 
 
 def _record(net: Layer, params, x, state, key, train) -> tuple[list[_Seen], Any]:
@@ -110,7 +121,7 @@ def _record(net: Layer, params, x, state, key, train) -> tuple[list[_Seen], Any]
         seen.append(_Seen(path=path_str(path), layer=layer, params=p, x=xx, state=state, key=key, res=r))
         return y, r, s
 
-    y, _, _ = walk_forward(net, params, x, leaf, state=state, key=key, train=train)
+    y, _, _ = walk_forward(net, params, x, leaf, state=state, key=key, train=train, into=unit)
     return seen, y
 
 
@@ -125,7 +136,7 @@ def _cotangents(net: Layer, params, x, state, key, train, top: Top, seen: list[_
             y, r, s = oracle_apply(layer, p, xx, state=state, key=key, train=train)
             return jax.tree.map(jnp.add, y, deltas[index[path_str(path)]]), r, s
 
-        return top.value(walk_forward(net, params, x, leaf, state=state, key=key, train=train)[0])
+        return top.value(walk_forward(net, params, x, leaf, state=state, key=key, train=train, into=unit)[0])
 
     zeros = [
         jax.tree.map(
@@ -144,23 +155,20 @@ def _leaf_names(D, int_x: bool) -> tuple[str, ...]:
 
 
 def _hand_like(D, result) -> tuple[Any, str, bool]:
-    """The backward's ``result`` shaped like ``D`` (dtype-cast), what is wrong with it, and whether fatal."""
+    """The backward's ``result`` shaped like ``D`` (dtype-cast), what is wrong with it (the contract's
+    own check, :func:`jaxbp.contract.contract_problems`), and whether that prevents any comparison."""
     if not (isinstance(result, tuple) and len(result) == 2):
         return None, f"backward returned {type(result).__name__}, expected (dparams, dx)", True
-    want = D if len(D) == 2 else (D[0],)
-    got = result if len(D) == 2 else (result[0],)
-    if jax.tree.structure(got) != jax.tree.structure(want):
-        return None, f"backward returned {jax.tree.structure(got)}, expected {jax.tree.structure(want)}", True
-    problems = []
-    for (path, w), g in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got), strict=True):
-        where = ("dparams" if path[0].idx == 0 else "dx") + jax.tree_util.keystr(path[1:])
-        if not hasattr(g, "shape") or g.shape != w.shape:
-            problems.append(f"{where}: shape {getattr(g, 'shape', type(g).__name__)} != {w.shape}")
-        elif g.dtype != w.dtype:
-            problems.append(f"{where}: dtype {g.dtype} != {w.dtype}")
-    if any("shape" in p for p in problems):
-        return None, "; ".join(problems), True
-    return jax.tree.map(lambda g, w: g.astype(w.dtype), got, want), "; ".join(problems), False
+    int_x = len(D) == 1
+    problem = "; ".join(contract_problems(D[0], result[0], None if int_x else input_spec(D[1]), result[1]))
+    want, got = (D, result) if not int_x else ((D[0],), (result[0],))
+    same_shapes = jax.tree.structure(got) == jax.tree.structure(want) and all(
+        getattr(g, "shape", None) == w.shape
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    )
+    if not same_shapes:
+        return None, problem, True
+    return jax.tree.map(lambda g, w: g.astype(w.dtype), got, want), problem, False
 
 
 def _split(s: _Seen) -> tuple[Any, bool]:
@@ -172,7 +180,7 @@ def _check_leaf(s: _Seen, g, V, train: bool, fd: bool) -> tuple[dict | None, Lev
     """One leaf's own backward at the cotangent ``g`` against vjp, dot and (float64) fd witnesses
     (``V``: the random tangent, flat).
 
-    A leaf with ``extras["check_forward"]`` skips finite differences: they measure the true
+    A leaf with a ``check_forward`` skips finite differences: they measure the true
     derivative, which such a backward (a rule, not the gradient) does not compute by design.
     """
     D, int_x = _split(s)
@@ -191,7 +199,7 @@ def _check_leaf(s: _Seen, g, V, train: bool, fd: bool) -> tuple[dict | None, Lev
         problem=problem,
         fatal=fatal,
     )
-    use_fd = fd and "check_forward" not in s.layer.extras
+    use_fd = fd and s.layer.check_forward is None
     stats = None if fatal else witness_values(F, D, hand, g, V(_size(D)), dot=fd, fd=use_fd)
     return stats, info
 
@@ -204,13 +212,6 @@ def _check_loss(top: Top, y, dtype, V, fd: bool) -> tuple[dict, int]:
     return stats, sum(a.size for a in jax.tree.leaves(y))
 
 
-def _param_levels(params, seen: list[_Seen]) -> list[str]:
-    """The level path of every leaf of ``params`` (matched by identity with what reached each leaf)."""
-    owner = {id(a): s.path for s in seen for a in jax.tree.leaves(s.params)}
-    first = seen[0].path if seen else "0"
-    return [owner.get(id(a), first) for a in jax.tree.leaves(params)]
-
-
 def _check_e2e(net: Layer, params, x, state, lkey, train, top: Top, seen) -> tuple[dict | None, LevelInfo]:
     """The whole hand-written gradient (params and input) against autodiff of the network of oracles."""
     int_x = not all(is_float(a) for a in jax.tree.leaves(x))
@@ -218,7 +219,7 @@ def _check_e2e(net: Layer, params, x, state, lkey, train, top: Top, seen) -> tup
 
     def F_all(D):
         xx = x if int_x else D[1]
-        return walk_forward(net, D[0], xx, _oracle_leaf, state=state, key=lkey, train=train)[0]
+        return oracle_forward(net, D[0], xx, state=state, key=lkey, train=train)
 
     y, res, _ = apply(net, params, x, state=state, key=lkey, train=train)
     g_true = jax.grad(top.value)(y)
@@ -229,7 +230,7 @@ def _check_e2e(net: Layer, params, x, state, lkey, train, top: Top, seen) -> tup
         leaves=_leaf_names(D, int_x),
         shapes=tuple(a.shape for a in jax.tree.leaves(D)),
         size=sum(a.size for a in jax.tree.leaves((D, y))),
-        leaf_levels=tuple(_param_levels(params, seen))
+        leaf_levels=tuple(param_paths(net, params, into=unit))
         + (() if int_x else (first,) * len(jax.tree.leaves(x))),
     )
     try:

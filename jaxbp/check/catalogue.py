@@ -21,6 +21,7 @@ from jaxbp.layers.attention import MultiHeadAttention
 from jaxbp.layers.conv import Conv1D, Conv2D
 from jaxbp.layers.dropout import Dropout
 from jaxbp.layers.embedding import Embedding
+from jaxbp.layers.group_norm import GroupNorm
 from jaxbp.layers.norm import BatchNorm, LayerNorm
 from jaxbp.layers.pool import AvgPool, GlobalAvgPool, MaxPool
 from jaxbp.layers.recurrent import LSTM, RNN
@@ -206,6 +207,19 @@ def _bn_shape(rng) -> tuple[int, ...]:
     return shape if math.prod(shape[:-1]) != 2 else (3, *shape[1:])
 
 
+def _gn_sample(rng) -> tuple[Layer, tuple[int, ...]]:
+    """GroupNorm with G groups on (B, [H, [W,]] G * k); no group of exactly two elements."""
+    groups, per = _i(rng, 1, 3), _i(rng, 1, 3)
+    spatial = tuple(_i(rng, 1, 3) for _ in range(_i(rng, 0, 2)))
+    if per * math.prod(spatial) == 2:
+        per = 3
+    return _perturbed(GroupNorm(groups, float(rng.choice([1e-5, 1e-2])))), (
+        _i(rng, 1, 3),
+        *spatial,
+        groups * per,
+    )
+
+
 def _softmax_entry(name: str, make: Callable[[int], Layer]) -> Entry:
     def sample(rng):
         shape = _shape(rng, 1, 3)
@@ -231,6 +245,7 @@ NORM: list[Entry] = [
         lambda: (_perturbed(BatchNorm()), (2, 3, 3, 4)),
         train=False,
     ),
+    Entry("GroupNorm", _gn_sample, lambda: (_perturbed(GroupNorm(2)), (2, 3, 3, 4))),
     Entry(
         "Dropout",
         lambda rng: (Dropout(float(rng.uniform(0.1, 0.7))), _shape(rng, 1, 4)),

@@ -65,7 +65,7 @@ def check_layer(
     finite-difference witnesses, and again in the layer's own dtype with the vjp witness
     (tolerance from its epsilon).
     A network (``serial``, ``Residual``, ``parallel``, nested) is checked leaf by leaf in place and
-    end to end, so the report names the level path. A leaf with ``extras["check_forward"]`` is
+    end to end, so the report names the level path. A layer with a ``check_forward`` is
     checked against the autodiff VJP of that function instead of its forward (a backward rule that
     is not the gradient by design), without finite differences. A non-finite hand-written value
     where the reference is finite (or the reverse) fails.
@@ -83,7 +83,7 @@ def check_layer(
       perturb: move the initial params by random noise (0.1 + half their RMS), so that special
         initial values (a scale of 1, a bias of 0) do not hide a bug that multiplies by them.
       quantities: names from :data:`jaxbp.quantities.NAMES`: also verify the layer's hand-written
-        per-example and curvature contributions (its ``extras``) against autodiff oracles in float64
+        per-example and curvature contributions (its ``PerExample`` hooks) against autodiff oracles in float64
         (:func:`jaxbp.quantities.check.check_quantities`); their rows join the same report.
 
     Returns:

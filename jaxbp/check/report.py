@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 # What each witness compares: (the hand-written value, the reference value).
 WITNESSES = {
     "shape": ("backward's dparams/dx structure, shapes, dtypes", "params / input"),
@@ -191,6 +193,74 @@ class CheckReport:
     def to_json(self, **kw) -> str:
         """The report as a JSON string (keyword arguments go to ``json.dumps``)."""
         return json.dumps(self.to_dict(), **kw)
+
+
+def compare_arrays(
+    hand,
+    ref,
+    *,
+    level: str,
+    level_name: str,
+    leaf: str,
+    witness: str,
+    dtype: str,
+    tol: float,
+    atol: float = 0.0,
+    scale: float | None = None,
+    cosine_of: tuple | None = None,
+    seed: int | None = None,
+    detail: str = "",
+    hand_text: str | None = None,
+    reference_text: str | None = None,
+) -> LeafCheck:
+    """The one row of a check that compares a hand-written array with its reference, on the host.
+
+    Passes when ``max|hand - ref| <= atol + tol * scale``; ``scale`` defaults to the largest
+    element of either side. A shape mismatch or a non-finite error fails. ``cosine_of`` gives the
+    two arrays whose cosine to report (default ``hand`` and ``ref``). ``hand_text``/``reference_text``
+    default to the witness's entry of :data:`WITNESSES`.
+    """
+    hand, ref = np.asarray(hand, np.float64), np.asarray(ref, np.float64)
+    texts = WITNESSES.get(witness, ("hand-written", "reference"))
+    same = dict(
+        level=level,
+        level_name=level_name,
+        leaf=leaf,
+        witness=witness,
+        dtype=dtype,
+        tol=float(tol),
+        atol=float(atol),
+        hand=hand_text or texts[0],
+        reference=reference_text or texts[1],
+        seed=seed,
+    )
+    if hand.shape != ref.shape:
+        detail = "; ".join(x for x in (detail, f"shape {hand.shape}, the reference's {ref.shape}") if x)
+        return LeafCheck(
+            **same,
+            max_abs_err=np.inf,
+            max_rel_err=np.inf,
+            worst_index=None,
+            cosine=None,
+            status="FAIL",
+            detail=detail,
+        )
+    err = np.abs(hand - ref)
+    if scale is None:
+        scale = float(max(np.abs(ref).max(initial=0.0), np.abs(hand).max(initial=0.0)))
+    abs_err = float(err.max(initial=0.0)) if not np.isnan(err).any() else float("nan")
+    u, v = cosine_of if cosine_of is not None else (hand, ref)
+    denom = float(np.linalg.norm(u) * np.linalg.norm(v))
+    finite = np.nan_to_num(err, nan=np.inf)
+    return LeafCheck(
+        **same,
+        max_abs_err=abs_err,
+        max_rel_err=abs_err / scale if scale else abs_err,
+        worst_index=tuple(int(i) for i in np.unravel_index(np.argmax(finite), err.shape)) if err.size else (),
+        cosine=float(np.vdot(u, v) / denom) if denom > 0 else 1.0,
+        status="ok" if abs_err <= atol + tol * scale else "FAIL",
+        detail=detail,
+    )
 
 
 def _clip(s: str, n: int) -> str:

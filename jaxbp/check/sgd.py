@@ -13,34 +13,14 @@ import numpy as np
 import optax
 
 from jaxbp.check import _setup
-from jaxbp.check._rows import default_rtol, ratio
-from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.combinators import walk_forward
+from jaxbp.check._rows import default_rtol
+from jaxbp.check.report import CheckReport, LeafCheck, compare_arrays
+from jaxbp.combinators import param_paths, walk_forward
 from jaxbp.contract import path_str
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, layer_name
 from jaxbp.step import TrainState, train_step_fn
 
 __all__ = ["check_sgd_step"]
-
-
-def _level_paths(net: Layer, params, x, state, key) -> tuple[dict[str, str], list[str]]:
-    """``{path: name}`` of every leaf in forward order and the path of each leaf of ``params`` (abstract)."""
-    found = {}
-
-    def run(params, x, state, key):
-        seen = []
-
-        def leaf(path, layer, p, xx, *, state, key, train):
-            seen.append((path_str(path), layer, p))
-            return apply(layer, p, xx, state=state, key=key, train=train)
-
-        walk_forward(net, params, x, leaf, state=state, key=key, train=True)
-        owner = {id(a): path for path, _, p in seen for a in jax.tree.leaves(p)}
-        found["levels"] = {path: layer_name(layer) for path, layer, _ in seen}
-        found["params"] = [owner.get(id(a), seen[0][0]) for a in jax.tree.leaves(params)]
-
-    jax.eval_shape(run, params, x, state, key)
-    return found["levels"], found["params"]
 
 
 def check_sgd_step(
@@ -91,53 +71,52 @@ def check_sgd_step(
     dtype = _setup.native_dtype(params)
     size = sum(a.size for a in jax.tree.leaves((params, x)))
     tol = rtol if rtol is not None else default_rtol(dtype, size)
-    levels, param_levels = _level_paths(net, params, x, state, key)
+    levels = _levels(net, params, x, state, key)
     report = CheckReport(name=f"one {layer_name(net)} step", levels=levels)
-    for (path, p0), p1, p2, level in zip(
+    for level, (path, p0), p1, p2 in zip(
+        param_paths(net, params),
         jax.tree_util.tree_flatten_with_path(params)[0],
         jax.tree.leaves(got),
         jax.tree.leaves(want),
-        param_levels,
         strict=True,
     ):
+        leaf = jax.tree_util.keystr(path)
         report.rows.append(
-            _sgd_row(
-                np.asarray(p0, np.float64),
-                np.asarray(p1, np.float64),
-                np.asarray(p2, np.float64),
-                level=level,
-                name=levels[level],
-                leaf=jax.tree_util.keystr(path),
-                dtype=dtype,
-                tol=tol,
-                atol=atol,
-            )
+            _sgd_row(p0, p1, p2, level=level, name=levels[level], leaf=leaf, dtype=dtype, tol=tol, atol=atol)
         )
     return report
 
 
+def _levels(net: Layer, params, x, state, key) -> dict[str, str]:
+    """``{path: name}`` of every leaf in forward order (abstractly)."""
+    found = {}
+
+    def run(params, x, state, key):
+        def leaf(path, layer, p, xx, *, state, key, train):
+            found[path_str(path)] = layer_name(layer)
+            return apply(layer, p, xx, state=state, key=key, train=train)
+
+        walk_forward(net, params, x, leaf, state=state, key=key, train=True)
+
+    jax.eval_shape(run, params, x, state, key)
+    return found
+
+
 def _sgd_row(p0, p1, p2, *, level: str, name: str, leaf: str, dtype, tol: float, atol) -> LeafCheck:
-    """One param leaf after a jaxbp step (``p1``) against the jax.grad step (``p2``), from ``p0``."""
-    err, scale = np.abs(p1 - p2), np.max(np.abs(p2 - p0), initial=0.0)
+    """One param leaf after a jaxbp step (``p1``) against the jax.grad step (``p2``), from ``p0``:
+    errors judged against the size of the update, the cosine of the two updates."""
+    p0, p1, p2 = (np.asarray(p, np.float64) for p in (p0, p1, p2))
     eps = float(jnp.finfo(dtype).eps)
-    a = atol if atol is not None else 4 * eps * np.max(np.abs(p0), initial=0.0)
-    worst = int(np.argmax(err)) if err.size else 0
-    cos = float(np.vdot(p1 - p0, p2 - p0) / max(np.linalg.norm(p1 - p0) * np.linalg.norm(p2 - p0), 1e-300))
-    max_err = float(err.max(initial=0))
-    hand, ref = WITNESSES["sgd"]
-    return LeafCheck(
+    return compare_arrays(
+        p1,
+        p2,
         level=level,
         level_name=name,
         leaf=leaf,
         witness="sgd",
         dtype=str(jnp.dtype(dtype)),
-        max_abs_err=max_err,
-        max_rel_err=float(ratio(max_err, scale)),
-        worst_index=tuple(int(i) for i in np.unravel_index(worst, p0.shape)),
-        cosine=cos,
         tol=tol,
-        atol=float(a),
-        status="ok" if max_err <= a + tol * scale else "FAIL",
-        hand=hand,
-        reference=ref,
+        atol=float(atol if atol is not None else 4 * eps * np.max(np.abs(p0), initial=0.0)),
+        scale=float(np.max(np.abs(p2 - p0), initial=0.0)),
+        cosine_of=(p1 - p0, p2 - p0),
     )

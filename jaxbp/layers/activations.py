@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import erf
 
-from jaxbp.core import Layer
+from jaxbp.core import LINEAR, Layer, PerExample
 from jaxbp.layers import _args
 
 
@@ -21,9 +21,8 @@ def _init(key, input_shape):
     return tuple(input_shape), ()
 
 
-def _piecewise_linear(params, res, g):
-    """The ``"diag_hessian"`` extra of a piecewise-linear activation: f'' = 0 almost everywhere."""
-    return None
+# Piecewise-linear activations: f'' = 0 almost everywhere, no second-derivative residual
+PIECEWISE_LINEAR = LINEAR
 
 
 def Relu() -> Layer:
@@ -36,7 +35,7 @@ def Relu() -> Layer:
         # dx = g * [x > 0]   (subgradient 0 at x == 0)
         return (), jnp.where(positive, g, jnp.zeros_like(g))
 
-    return Layer(_init, forward, backward, name="Relu", extras={"diag_hessian": _piecewise_linear})
+    return Layer(_init, forward, backward, name="Relu", per_example=PIECEWISE_LINEAR)
 
 
 def LeakyRelu(negative_slope: float = 0.01) -> Layer:
@@ -56,7 +55,7 @@ def LeakyRelu(negative_slope: float = 0.01) -> Layer:
         forward,
         backward,
         name=f"LeakyRelu({negative_slope})",
-        extras={"diag_hessian": _piecewise_linear},
+        per_example=PIECEWISE_LINEAR,
     )
 
 
@@ -71,11 +70,13 @@ def Tanh() -> Layer:
         # dx = g * (1 - y**2)
         return (), g * (1 - y * y)
 
-    def diag_hessian(params, y, g):
+    def hessian_residual(params, y, g):
         # r = g * f''(x) = g * (-2 y (1 - y**2))
         return g * (-2 * y * (1 - y * y))
 
-    return Layer(_init, forward, backward, name="Tanh", extras={"diag_hessian": diag_hessian})
+    return Layer(
+        _init, forward, backward, name="Tanh", per_example=PerExample(hessian_residual=hessian_residual)
+    )
 
 
 def Sigmoid() -> Layer:
@@ -89,11 +90,13 @@ def Sigmoid() -> Layer:
         # dx = g * y * (1 - y)
         return (), g * y * (1 - y)
 
-    def diag_hessian(params, y, g):
+    def hessian_residual(params, y, g):
         # r = g * f''(x) = g * y (1 - y) (1 - 2 y)
         return g * y * (1 - y) * (1 - 2 * y)
 
-    return Layer(_init, forward, backward, name="Sigmoid", extras={"diag_hessian": diag_hessian})
+    return Layer(
+        _init, forward, backward, name="Sigmoid", per_example=PerExample(hessian_residual=hessian_residual)
+    )
 
 
 def _sigmoid(x):
@@ -121,7 +124,7 @@ def Gelu(approximate: bool = True) -> Layer:
             du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
             return (), g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
 
-        def diag_hessian(params, res, g):
+        def hessian_residual(params, res, g):
             # r = g * (1 - t**2) (u' + 0.5 x (u'' - 2 t u'**2)),
             #     u' = sqrt(2/pi)(1 + 3a x**2), u'' = 6a sqrt(2/pi) x, a = 0.044715
             x, t = res
@@ -140,13 +143,13 @@ def Gelu(approximate: bool = True) -> Layer:
             x, cdf = res
             return (), g * (cdf + x * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x))
 
-        def diag_hessian(params, res, g):
+        def hessian_residual(params, res, g):
             # r = g * phi(x) (2 - x**2)
             x, _ = res
             return g * _INV_SQRT_2PI * jnp.exp(-0.5 * x * x) * (2 - x * x)
 
-    extras = {"diag_hessian": diag_hessian}
-    return Layer(_init, forward, backward, name=f"Gelu(approximate={approximate})", extras=extras)
+    hooks = PerExample(hessian_residual=hessian_residual)
+    return Layer(_init, forward, backward, name=f"Gelu(approximate={approximate})", per_example=hooks)
 
 
 def Softplus() -> Layer:
@@ -159,12 +162,14 @@ def Softplus() -> Layer:
         # dx = g * sigmoid(x)
         return (), g * _sigmoid(x)
 
-    def diag_hessian(params, x, g):
+    def hessian_residual(params, x, g):
         # r = g * sigmoid(x) (1 - sigmoid(x))
         s = _sigmoid(x)
         return g * s * (1 - s)
 
-    return Layer(_init, forward, backward, name="Softplus", extras={"diag_hessian": diag_hessian})
+    return Layer(
+        _init, forward, backward, name="Softplus", per_example=PerExample(hessian_residual=hessian_residual)
+    )
 
 
 def Elu(alpha: float = 1.0) -> Layer:
@@ -181,9 +186,15 @@ def Elu(alpha: float = 1.0) -> Layer:
         positive, y = res
         return (), jnp.where(positive, g, g * (y + alpha))
 
-    def diag_hessian(params, res, g):
+    def hessian_residual(params, res, g):
         # r = g * (0 if x > 0 else y + alpha)
         positive, y = res
         return jnp.where(positive, jnp.zeros_like(g), g * (y + alpha))
 
-    return Layer(_init, forward, backward, name=f"Elu({alpha})", extras={"diag_hessian": diag_hessian})
+    return Layer(
+        _init,
+        forward,
+        backward,
+        name=f"Elu({alpha})",
+        per_example=PerExample(hessian_residual=hessian_residual),
+    )

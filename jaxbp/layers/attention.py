@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.core import Layer, LayerError, PerExample, check_param_shapes, feedback_of
 from jaxbp.layers import _args
-from jaxbp.quantities import extras as qx
+from jaxbp.layers import per_example as qx
 
 _PROJ = ("q", "k", "v", "o")
 _BIAS = ("q", "v", "o")  # no key bias: it shifts each score row by q.bk, which the softmax ignores
@@ -107,4 +107,6 @@ def MultiHeadAttention(
         # dparams_n = backward on example n alone (examples interact only inside their own sequence)
         return qx.per_example_backward(backward, params, res, g)
 
-    return Layer(init, forward, backward, name=name, extras={"batch_grad": batch_grad})
+    # Backward rules: feedback stands in for all four projections (dx = sum_j d_j B_jᵀ, do = g B_oᵀ)
+    feedback = feedback_of(*(f"W{p}" for p in _PROJ))
+    return Layer(init, forward, backward, name=name, per_example=PerExample(batch_grad), feedback=feedback)

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.core import Layer, LayerError, PerExample, check_param_shapes, feedback_of, linear_residual
 from jaxbp.layers import _args
-from jaxbp.quantities import extras as qx
+from jaxbp.layers import per_example as qx
 
 Padding = str | int | Sequence[tuple[int, int]]
 
@@ -224,18 +224,7 @@ def ConvND(
             dparams["bias"] = g.sum((0, *sp)).astype(params["bias"].dtype)
         return dparams, dx.astype(x.dtype)
 
-    # Backward rules (jaxbp.rules): a feedback kernel B of W's shape stands in for W in dx only.
-    def feedback_params(params, B):
-        # params with the kernel replaced by B (the forward whose VJP in x defines FA's dx)
-        return {**params, "kernel": B}
-
-    def feedback_backward(params, x, g, B):
-        # dx = the transposed convolution of g with B (flip(B)^T, as for W); dW, db as backprop's on g
-        dparams, _ = backward(params, x, g)
-        _, dx = backward(feedback_params(params, B), x, g)
-        return dparams, dx
-
-    # Quantity extras (jaxbp.quantities), feature_group_count 1: with U_n (P, K) the unfolded input
+    # Per-example hooks (jaxbp.quantities), feature_group_count 1: with U_n (P, K) the unfolded input
     # patches of example n (K = prod(ks) C, ordered as the kernel), dW_n = U_nᵀ g_n, db_n = sum_p g_np.
     def patches(x):
         pads, _ = check(x.shape)
@@ -265,10 +254,8 @@ def ConvND(
     def sum_grad_squared(params, x, g):
         return qx.sum_squares(batch_grad(params, x, g))
 
-    def kfac(params, x, g):
+    def kron(params, x, g):
         # A = sum_{n,p} u u ᵀ / N;  G = sum_n (sum_p g_np)(sum_p g_np)ᵀ   (BackPACK's convention)
-        if G > 1:
-            raise LayerError(f"{name}: kfac/kflr need feature_group_count 1, got {G}")
         gs = qx.as_sequence(g)
         Gf = qx.summed_outer(gs)
         u = patches(x)
@@ -276,21 +263,12 @@ def ConvND(
             {"kernel": qx.Kron(qx.mean_outer(u, u.shape[0]), Gf)}, gs, lambda a: qx.Kron(None, Gf)
         )
 
-    def diag_hessian(params, x, g):
-        # linear in x and in (kernel, bias): no second-derivative residual
-        return None
-
-    extras = dict(
-        feedback_weight=lambda params: params["kernel"],
-        feedback_params=feedback_params,
-        feedback_backward=feedback_backward,
-        batch_grad=batch_grad,
-        batch_l2=batch_l2,
-        sum_grad_squared=sum_grad_squared,
-        kfac=kfac,
-        diag_hessian=diag_hessian,
+    # Kronecker factors for one group only (feature_group_count 1): grouped kernels have no hook
+    hooks = PerExample(
+        batch_grad, batch_l2, sum_grad_squared, kron if G == 1 else None, hessian_residual=linear_residual
     )
-    return Layer(init, forward, backward, name=name, extras=extras)
+    # Backward rules (jaxbp.rules): a feedback kernel B of W's shape stands in for W in dx
+    return Layer(init, forward, backward, name=name, per_example=hooks, feedback=feedback_of("kernel"))
 
 
 def Conv2D(

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError
+from jaxbp.core import Layer, LayerError, feedback_of
 from jaxbp.layers import _args
-from jaxbp.quantities import extras as qx
+from jaxbp.layers import per_example as qx
 
 
 def Dense(
@@ -48,66 +48,14 @@ def Dense(
         # dx = g @ W.T; dW = x.T @ g; db = g.sum(0)   (leading axes of x and g summed as batch)
         batch = tuple(range(x.ndim - 1))
         dx = lax.dot_general(g, params["W"], (((g.ndim - 1,), (1,)), ((), ())))
+        dx = dx.astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else dx  # a float16 x gets float16
         dW = lax.dot_general(x, g, ((batch, batch), ((), ())))
         dparams = {"W": dW.astype(params["W"].dtype)}
         if use_bias:
             dparams["b"] = g.sum(batch).astype(params["b"].dtype)
         return dparams, dx
 
-    # Backward rules (jaxbp.rules): a feedback matrix B of W's shape stands in for W in dx only.
-    def feedback_params(params, B):
-        # params with W replaced by B (the forward whose VJP in x defines FA's dx)
-        return {**params, "W": B}
-
-    def feedback_backward(params, x, g, B):
-        # dx = g @ B.T; dW = x.T @ g; db = g.sum(0)   (dω is backprop's on the arriving g)
-        dparams, _ = backward(params, x, g)
-        _, dx = backward(feedback_params(params, B), x, g)
-        return dparams, dx
-
-    # Quantity extras (jaxbp.quantities): per example n, over its positions t (T = 1 for (B, in)):
-    # dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt; ||dW_n||² = ||x_n||²||g_n||² (T = 1) or the Gram form.
-    def batch_grad(params, x, g):
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        if xs.shape[1] == 1:  # an outer product per example: a broadcast, not a batched matmul
-            out = {"W": xs[:, 0, :, None] * gs[:, 0, None, :]}
-        else:
-            out = {"W": jnp.einsum("bti,bto->bio", xs, gs)}
-        return out | ({"b": gs.sum(1)} if use_bias else {})
-
-    def batch_l2(params, x, g):
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        out = {"W": qx.outer_l2(xs, gs)}
-        return out | ({"b": jnp.sum(gs.sum(1) ** 2, -1)} if use_bias else {})
-
-    def sum_grad_squared(params, x, g):
-        # T = 1: sum_n dW_n² = (x²)ᵀ(g²); else the per-example dW_n squared and summed
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        if xs.shape[1] == 1:
-            out = {"W": (xs[:, 0] ** 2).T @ (gs[:, 0] ** 2)}
-        else:
-            out = {"W": qx.sum_squares(jnp.einsum("bti,bto->bio", xs, gs))}
-        return out | ({"b": jnp.sum(gs.sum(1) ** 2, 0)} if use_bias else {})
-
-    def kfac(params, x, g):
-        # A = sum_{n,t} x xᵀ / N;  G = sum_n (sum_t g)(sum_t g)ᵀ for this column g
-        xs, gs = qx.as_sequence(x), qx.as_sequence(g)
-        G = qx.summed_outer(gs)
-        out = {"W": qx.Kron(qx.mean_outer(xs, xs.shape[0]), G)}
-        return out | ({"b": qx.Kron(None, G)} if use_bias else {})
-
-    def diag_hessian(params, x, g):
-        # linear in x and in (W, b): no second-derivative residual
-        return None
-
-    extras = dict(
-        feedback_weight=lambda params: params["W"],
-        feedback_params=feedback_params,
-        feedback_backward=feedback_backward,
-        batch_grad=batch_grad,
-        batch_l2=batch_l2,
-        sum_grad_squared=sum_grad_squared,
-        kfac=kfac,
-        diag_hessian=diag_hessian,
-    )
-    return Layer(init, forward, backward, name=name, extras=extras)
+    # Per-example hooks (jaxbp.quantities): dW_n = sum_t x_nt g_ntᵀ, db_n = sum_t g_nt (see dense_hooks)
+    hooks = qx.dense_hooks(use_bias)
+    # Backward rules (jaxbp.rules): a feedback B of W's shape stands in for W in dx (dx = g @ B.T)
+    return Layer(init, forward, backward, name=name, per_example=hooks, feedback=feedback_of("W"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbp.core import Layer, LayerError
+from jaxbp.core import LINEAR, Layer, LayerError
 from jaxbp.layers import _args
 
 
@@ -36,9 +36,5 @@ def Dropout(rate: float) -> Layer:
             return (), g
         return (), jnp.where(keep, g / (1 - rate), jnp.zeros_like(g))
 
-    def diag_hessian(params, keep, g):
-        # linear in x (eval mode and train mode alike): no second-derivative residual
-        return None
-
-    extras = {"diag_hessian": diag_hessian}
-    return Layer(init, forward, backward, init_state=init_state, name=name, extras=extras)
+    # linear in x (eval mode and train mode alike): no second-derivative residual
+    return Layer(init, forward, backward, init_state=init_state, name=name, per_example=LINEAR)

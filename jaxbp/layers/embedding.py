@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.core import Layer, LayerError, PerExample, check_param_shapes, linear_residual
 from jaxbp.layers import _args
-from jaxbp.quantities import extras as qx
+from jaxbp.layers import per_example as qx
 
 
 def Embedding(
@@ -68,9 +68,6 @@ def Embedding(
         same = (i[:, :, None] == i[:, None, :]) & (i[:, :, None] < num_embeddings)
         return {"table": jnp.einsum("bts,bts->b", same.astype(g.dtype), jnp.einsum("btf,bsf->bts", gs, gs))}
 
-    def diag_hessian(params, ids, g):
-        # linear in the table; integer input
-        return None
-
-    extras = {"batch_grad": batch_grad, "batch_l2": batch_l2, "diag_hessian": diag_hessian}
-    return Layer(init, forward, backward, name=name, extras=extras)
+    # linear in the table; an integer input hands nothing down (no feedback hook: no weight transport)
+    hooks = PerExample(batch_grad, batch_l2, hessian_residual=linear_residual)
+    return Layer(init, forward, backward, name=name, per_example=hooks)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, Static, check_param_shapes
+from jaxbp.core import Layer, LayerError, PerExample, Static, check_param_shapes
 from jaxbp.layers import _args
-from jaxbp.quantities import extras as qx
+from jaxbp.layers import per_example as qx
 
 
 def _compute_dtype(dtype):
@@ -75,7 +75,12 @@ def LayerNorm(epsilon: float = 1e-5, *, param_dtype=jnp.float32) -> Layer:
         gf = qx.as_sequence(g.astype(xhat.dtype))
         return {"scale": (gf * qx.as_sequence(xhat)).sum(1), "bias": gf.sum(1)}
 
-    return Layer(init, forward, backward, name=name, extras={"batch_grad": batch_grad})
+    def kron(params, res, g):
+        # per column g: the GGN block of each (F,) param, G = sum_n d_n d_nᵀ with d_n = batch_grad_n
+        return qx.vector_kron(batch_grad(params, res, g))
+
+    # no hessian_residual: the normalisation's second derivative in x is not element-wise
+    return Layer(init, forward, backward, name=name, per_example=PerExample(batch_grad, kron=kron))
 
 
 def _axis_bound(axis_name: str) -> bool:
@@ -179,14 +184,14 @@ def BatchNorm(
         gf = qx.as_sequence(g.astype(xhat.dtype))
         return {"scale": (gf * qx.as_sequence(xhat)).sum(1), "bias": gf.sum(1)}
 
-    def diag_hessian(params, res, g):
+    def hessian_residual(params, res, g):
         # eval mode: linear in x and in (scale, bias): no second-derivative residual
         eval_only(res[2], "diag_hessian")
         return None
 
-    def kfac(params, res, g):
+    def kron(params, res, g):
         # per column g: the GGN block of each (C,) param, G = sum_n d_n d_nᵀ with d_n = batch_grad_n
-        return {k: qx.Kron(None, d.T @ d) for k, d in batch_grad(params, res, g).items()}
+        return qx.vector_kron(batch_grad(params, res, g))
 
-    extras = {"batch_grad": batch_grad, "diag_hessian": diag_hessian, "kfac": kfac}
-    return Layer(init, forward, backward, init_state=init_state, name=name, extras=extras)
+    hooks = PerExample(batch_grad, kron=kron, hessian_residual=hessian_residual)
+    return Layer(init, forward, backward, init_state=init_state, name=name, per_example=hooks)

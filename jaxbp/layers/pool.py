@@ -23,14 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, Static
+from jaxbp.core import LINEAR, Layer, LayerError, Static
 from jaxbp.layers import _args
 from jaxbp.layers.conv import Padding, resolve_padding
-
-
-def _linear(params, res, g):
-    """The ``"diag_hessian"`` extra: average pooling is linear, max pooling piecewise linear in x."""
-    return None
 
 
 def _window(name: str, window_shape, strides, padding):
@@ -115,7 +110,8 @@ def MaxPool(
         )
         return (), dx
 
-    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})
+    # piecewise linear in x: no second-derivative residual
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)
 
 
 def _valid_counts(spatial, pads, ws, st, out) -> np.ndarray:
@@ -164,7 +160,7 @@ def AvgPool(
         gc = g / divisor(x_shape.value, pads, out, g.dtype)
         return (), sum(_place(gc, a, pads, x_shape.value, st) for a in offsets)
 
-    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)
 
 
 def GlobalAvgPool() -> Layer:
@@ -188,4 +184,4 @@ def GlobalAvgPool() -> Layer:
         P = math.prod(shape[1:-1])
         return (), jnp.broadcast_to((g / P)[:, *([None] * (len(shape) - 2)), :], shape)
 
-    return Layer(init, forward, backward, name="GlobalAvgPool", extras={"diag_hessian": _linear})
+    return Layer(init, forward, backward, name="GlobalAvgPool", per_example=LINEAR)

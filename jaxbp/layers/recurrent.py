@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.core import Layer, LayerError, check_param_shapes
+from jaxbp.core import Layer, LayerError, check_param_shapes, feedback_of
 from jaxbp.layers import _args
+
+_FEEDBACK = feedback_of("Wx", "Wh")
 
 
 def _check_input(name: str, shape) -> None:
@@ -82,7 +84,8 @@ def RNN(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_dt
         _, dz = lax.scan(step, jnp.zeros(g.shape[1:], hs.dtype), (g, hs), reverse=True)
         return _weight_grads(params, x, hs, dz)
 
-    return Layer(init, forward, backward, name=name)
+    # Backward rules: feedback stands in for the input and the recurrent weights
+    return Layer(init, forward, backward, name=name, feedback=_FEEDBACK)
 
 
 def LSTM(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_dtype=jnp.float32) -> Layer:
@@ -145,7 +148,7 @@ def LSTM(hidden: int, *, kernel_init=jax.nn.initializers.lecun_normal(), param_d
         _, dz = lax.scan(step, init_carry, (g, c_prevs, gates, tcs), reverse=True)
         return _weight_grads(params, x, hs, dz)
 
-    return Layer(init, forward, backward, name=name)
+    return Layer(init, forward, backward, name=name, feedback=_FEEDBACK)
 
 
 __all__ = ["LSTM", "RNN"]

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import math
 
-from jaxbp.core import Layer, LayerError, Static
+from jaxbp.core import LINEAR, Layer, LayerError, Static
 from jaxbp.layers import _args
-
-
-def _linear(params, res, g):
-    """The ``"diag_hessian"`` extra of a layer linear in its input: no second-derivative residual."""
-    return None
 
 
 def Flatten() -> Layer:
@@ -30,7 +25,7 @@ def Flatten() -> Layer:
         # dx = reshape(g, x.shape)
         return (), g.reshape(x_shape.value)
 
-    return Layer(init, forward, backward, name="Flatten", extras={"diag_hessian": _linear})
+    return Layer(init, forward, backward, name="Flatten", per_example=LINEAR)
 
 
 def Reshape(shape: tuple[int, ...]) -> Layer:
@@ -55,4 +50,4 @@ def Reshape(shape: tuple[int, ...]) -> Layer:
         # dx = reshape(g, x.shape)
         return (), g.reshape(x_shape.value)
 
-    return Layer(init, forward, backward, name=name, extras={"diag_hessian": _linear})
+    return Layer(init, forward, backward, name=name, per_example=LINEAR)

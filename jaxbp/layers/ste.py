@@ -2,7 +2,7 @@
 
 The forward quantises; the backward passes the cotangent through as if the quantiser were (almost)
 the identity. These backwards are *not* the derivative of the forward (which is 0 almost
-everywhere): each layer's ``extras["check_forward"]`` is the forward whose autodiff VJP is, by
+everywhere): each layer's ``check_forward`` is the forward whose autodiff VJP is, by
 definition, what its backward computes (``q(x) = x + stop_gradient(round(x) - x)`` for ``Round``),
 so the checker verifies the estimator against its definition.
 
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from jaxbp.core import Layer, LayerError
+from jaxbp.core import Layer, LayerError, feedback_of
+from jaxbp.layers import per_example as qx
 
 
 def _init(key, input_shape):
@@ -45,7 +46,7 @@ def Sign() -> Layer:
         soft = jnp.clip(x, -1, 1)
         return soft + lax.stop_gradient(_binary(x) - soft), jnp.abs(x) <= 1
 
-    return Layer(_init, forward, backward, name="Sign", extras={"check_forward": check_forward})
+    return Layer(_init, forward, backward, name="Sign", check_forward=check_forward)
 
 
 def Round() -> Layer:
@@ -62,7 +63,7 @@ def Round() -> Layer:
         # value round(x); VJP the identity's
         return x + lax.stop_gradient(jnp.round(x) - x), ()
 
-    return Layer(_init, forward, backward, name="Round", extras={"check_forward": check_forward})
+    return Layer(_init, forward, backward, name="Round", check_forward=check_forward)
 
 
 def BinaryDense(
@@ -116,7 +117,17 @@ def BinaryDense(
         y = x @ Wq.astype(x.dtype)
         return (y + params["b"] if use_bias else y), x
 
-    return Layer(init, forward, backward, name=name, extras={"check_forward": check_forward})
+    # Per-example hooks: dW_n = x_n g_nᵀ as Dense's (straight through to the real W; linear in x).
+    # Backward rules: feedback stands in for the real-valued W (dx = g @ sign(B).T)
+    return Layer(
+        init,
+        forward,
+        backward,
+        name=name,
+        per_example=qx.dense_hooks(use_bias),
+        feedback=feedback_of("W"),
+        check_forward=check_forward,
+    )
 
 
 class ClipParamsState(NamedTuple):

@@ -1,7 +1,8 @@
 """More from one backward: per-example gradients, their norms, variance and curvature.
 
-:func:`value_grad_and` walks the network with :func:`jaxbp.combinators.walk_backward` and asks each
-leaf for hand-written contributions in ``Layer.extras`` (keys in :mod:`jaxbp.quantities.extras`).
+:func:`value_grad_and` walks the network with :func:`jaxbp.combinators.walk_backward` and reads
+each leaf's hand-written :class:`~jaxbp.core.PerExample` hooks. Every quantity is an entry of
+the registry :data:`QUANTITIES` (:mod:`jaxbp.quantities.registry`: :func:`register` adds one).
 Scalings follow BackPACK for a mean-reduced loss over N examples:
 
 * ``batch_grad``: the gradient of example n's share of the loss, ``∇ℓ_n / N``; sums to the gradient.
@@ -12,13 +13,34 @@ Scalings follow BackPACK for a mean-reduced loss over N examples:
   exact / MC factor of the loss Hessian; the block of ``W (in, out)`` is approximated by ``A ⊗ G``.
 * ``diag_hessian``: the diagonal of the Hessian of the loss wrt the params.
 
+Under a backward rule (:mod:`jaxbp.rules`) the walk runs the rule's backward, so each quantity is
+the rule's (see docs/quantities.md for the table); ``diag_hessian`` is refused there.
 :func:`dp_train_step_fn` (in :mod:`jaxbp.quantities.dp`) trains with DP-SGD by ghost clipping.
 """
 
+from jaxbp.quantities import first_order as _first_order  # noqa: F401  (registers the first-order ones)
+
+# isort: split
+from jaxbp.quantities import curvature as _curvature  # noqa: F401  (then the second-order ones)
+
+# isort: split
+from jaxbp.core import Kron as Kron
 from jaxbp.quantities.api import value_grad_and as value_grad_and
 from jaxbp.quantities.dp import dp_train_step_fn as dp_train_step_fn
 from jaxbp.quantities.dp import epsilon as epsilon
-from jaxbp.quantities.engine import NAMES as NAMES
-from jaxbp.quantities.extras import Kron as Kron
+from jaxbp.quantities.registry import QUANTITIES as QUANTITIES
+from jaxbp.quantities.registry import Quantity as Quantity
+from jaxbp.quantities.registry import register as register
 
-__all__ = ["NAMES", "Kron", "dp_train_step_fn", "epsilon", "value_grad_and"]
+NAMES = tuple(QUANTITIES)  # the built-in quantities; QUANTITIES is the live registry
+
+__all__ = [
+    "NAMES",
+    "QUANTITIES",
+    "Kron",
+    "Quantity",
+    "dp_train_step_fn",
+    "epsilon",
+    "register",
+    "value_grad_and",
+]

@@ -5,115 +5,65 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxbp.core import Array, Layer, Loss, Params, State, apply
 from jaxbp.errors import UsageError
-from jaxbp.quantities.engine import (
-    FIRST_ORDER,
-    check_names,
-    curvature_walk,
-    first_order_leaf,
-    join_kron,
-    loss_sqrt,
-    pick,
-    walk_bundles,
-)
-
-
-def _residual_columns(S_loss, residuals: dict):
-    """diag_hessian's columns: the loss's, then for each residual r its positive and negative parts.
-
-    A residual ``r = g ⊙ f''(x)`` (B, ...) is the diagonal matrix ``diag(r_n)`` per example; it is
-    ``sum_j sqrt(r+)_j e_j (.)ᵀ - sum_j sqrt(r-)_j e_j (.)ᵀ``: 2 D columns (D = size per example) of
-    weight +1 and -1, injected at the leaf's input. Returns (top columns, weights, inject).
-    """
-    blocks = [(path, r) for path, r in residuals.items() if r is not None]
-    sizes = [2 * (r.size // r.shape[0]) for _, r in blocks]
-    K0, K = S_loss.shape[0], S_loss.shape[0] + sum(sizes)
-    dtype = S_loss.dtype
-    top = jnp.concatenate([S_loss, jnp.zeros((K - K0, *S_loss.shape[1:]), dtype)])
-    weights, inject, start = [jnp.ones(K0, dtype)], {}, K0
-    for (path, r), size in zip(blocks, sizes, strict=True):
-        D = size // 2
-        eye = jnp.eye(D, dtype=dtype).reshape(D, 1, *r.shape[1:])
-        cols = jnp.concatenate(
-            [eye * jnp.sqrt(jnp.maximum(r, 0))[None], eye * jnp.sqrt(jnp.maximum(-r, 0))[None]]
-        )
-        pad = ((start, K - start - size),) + ((0, 0),) * r.ndim
-        inject[path] = jnp.pad(cols.astype(dtype), pad)
-        weights += [jnp.ones(D, dtype), -jnp.ones(D, dtype)]
-        start += size
-    return top, jnp.concatenate(weights), inject
+from jaxbp.quantities.engine import column_walks, pick, walk_parts
+from jaxbp.quantities.registry import QUANTITIES, lookup
 
 
 def value_grad_and(net: Layer, loss: Loss, *names: str, mc_samples: int = 1, train: bool = False) -> Callable:
     """The loss, its gradient and the requested quantities in one program.
 
     Args:
-      net: the network (every parameterised leaf must provide the extras its quantities need).
-      loss: a mean-reduced loss (its ``sqrt_hessian`` extras give the second-order quantities).
-      *names: any of ``batch_grad``, ``batch_l2``, ``sum_grad_squared``, ``variance``, ``diag_ggn``,
-        ``diag_ggn_mc``, ``kfac``, ``kflr``, ``diag_hessian`` (see :mod:`jaxbp.quantities`).
-      mc_samples: samples of the loss Hessian's factor for ``diag_ggn_mc`` and ``kfac``.
+      net: the network, plain or made by a backward rule (then the gradient and the quantities are
+        the rule's: the walk runs the rule's backward). Every parameterised leaf must have the
+        :class:`~jaxbp.core.PerExample` hooks its quantities need.
+      loss: a mean-reduced loss (its ``sqrt_hessian`` / ``sqrt_hessian_mc`` give the second-order ones).
+      *names: names from :data:`jaxbp.quantities.QUANTITIES`: ``batch_grad``, ``batch_l2``,
+        ``sum_grad_squared``, ``variance``, ``diag_ggn``, ``diag_ggn_mc``, ``kfac``, ``kflr``,
+        ``diag_hessian`` and any registered since.
+      mc_samples: samples of the loss Hessian's factor for the Monte Carlo quantities.
       train: the mode of stateful layers (default eval: BatchNorm uses its running statistics,
         Dropout is the identity; train-mode BatchNorm couples the examples and is refused).
 
     Returns:
       ``f(params, x, target, *, state=(), key=None) -> (value, grads, q)`` with ``q[name]`` in the
       params' tree structure (``kfac``/``kflr``: per param ``(A, G)``, or ``(G,)`` for a bias).
-      ``key`` is needed by ``diag_ggn_mc`` and ``kfac`` (and by Dropout in train mode). Errors for
-      unsupported layers are raised at trace time and name the level, the layer and the quantity.
+      ``key`` is needed by the Monte Carlo quantities (and by Dropout in train mode). Unsupported
+      layers are refused at trace time with one line naming the level path, the layer and the quantity.
     """
-    names = check_names(names)
-    first = tuple(n for n in names if n in FIRST_ORDER)
-    if mc_samples < 1:
-        raise UsageError(f"value_grad_and: mc_samples must be >= 1, got {mc_samples}")
+    qs = lookup(names)
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
+        raise UsageError(f"value_grad_and: mc_samples must be an integer >= 1, got {mc_samples!r}")
+    first = tuple(q for q in qs if q.order == 1)
+    second = tuple(q for q in qs if q.order == 2)
+    factors = list(dict.fromkeys(q.factor for q in second))
+    sampled = [q.name for q in second if q.factor.needs_key]
 
     def f(params: Params, x: Array, target: Array, *, state: State = (), key: Array | None = None):
-        sampled = {"diag_ggn_mc", "kfac"} & set(names)
         if sampled and key is None:
-            raise UsageError(f"value_grad_and: {sorted(sampled)} sample the loss Hessian and need key=")
+            raise UsageError(f"value_grad_and: {sampled} sample the loss Hessian and need key=")
         fkey, mkey = jax.random.split(key) if key is not None else (None, None)
         y, res, _ = apply(net, params, x, state=state, key=fkey, train=train)
         value, lres = loss.forward(y, target)
-        g = loss.backward(lres)
-        residuals = {} if "diag_hessian" in names else None
-        kron = next((n for n in ("kflr", "kfac") if n in names), None)
-        tree, _ = walk_bundles(net, params, res, g, first_order_leaf(first, x.shape[0], residuals, kron))
-        q = {n: pick(tree, n) for n in first}
-        exact = [n for n in ("diag_ggn", "kflr") if n in names]
-        if exact:
-            S = loss_sqrt(loss, "sqrt_hessian", exact[0])(lres)
-            d, k = curvature_walk(
-                net, params, res, S, diag="diag_ggn" in names, kron="kflr" in names, quantity=exact[0]
+        n = x.shape[0] if hasattr(x, "shape") else jax.tree.leaves(x)[0].shape[0]
+        parts = {q.name: q.leaf for q in first} | {f"aux:{q.name}": q.aux for q in second if q.aux}
+        taps = {fac.name: fac.tap for fac in factors if fac.tap is not None}
+        tree, tapped = walk_parts(net, params, res, loss.backward(lres), parts, n, quantities=qs, taps=taps)
+        out = {q.name: pick(tree, q.name) for q in first}
+        for fac in factors:
+            mine = [q for q in second if q.factor is fac]
+            S, weights, inject = fac.columns(
+                loss, lres, mkey, mc_samples, tapped.get(fac.name, {}), mine[0].name
             )
-            q.update({"diag_ggn": d} if d is not None else {}, **({"kflr": k} if k is not None else {}))
-            if k is not None:
-                q["kflr"] = join_kron(pick(tree, "kronA"), k)
-        mc = [n for n in ("diag_ggn_mc", "kfac") if n in names]
-        if mc:
-            S = loss_sqrt(loss, "sqrt_hessian_mc", mc[0])(lres, mkey, mc_samples)
-            d, k = curvature_walk(
-                net, params, res, S, diag="diag_ggn_mc" in names, kron="kfac" in names, quantity=mc[0]
-            )
-            q.update({"diag_ggn_mc": d} if d is not None else {}, **({"kfac": k} if k is not None else {}))
-            if k is not None:
-                q["kfac"] = join_kron(pick(tree, "kronA"), k)
-        if "diag_hessian" in names:
-            S = loss_sqrt(loss, "sqrt_hessian", "diag_hessian")(lres)
-            top, w, inject = _residual_columns(S, residuals)
-            q["diag_hessian"], _ = curvature_walk(
-                net,
-                params,
-                res,
-                top,
-                diag=True,
-                kron=False,
-                quantity="diag_hessian",
-                weights=w,
-                inject=inject,
-            )
-        return value, pick(tree, "grad"), {n: q[n] for n in names}
+            cols = column_walks(net, params, res, S, inject, {q.name: q.column for q in mine}, n, qs)
+            for q in mine:
+                aux = pick(tree, f"aux:{q.name}") if q.aux else None
+                out[q.name] = q.finish(q.reduce(pick(cols, q.name), weights), aux)
+        return value, pick(tree, "grad"), {q.name: out[q.name] for q in qs}
 
     return f
+
+
+__all__ = ["QUANTITIES", "value_grad_and"]

@@ -1,41 +1,35 @@
-"""Check a layer's quantity extras against autodiff oracles, in the checker's per-level, per-leaf report.
+"""Check the quantities a network computes against autodiff oracles, in the checker's report format.
 
-This is checker code: autodiff is allowed here, as the oracle. ``check_layer(..., quantities=...)``
-delegates to :func:`check_quantities`.
+This is checker code: autodiff is allowed here, as the oracle. Each registered quantity names its
+reference as a function of an :class:`Oracle` (per-example gradients, the GGN, the Hessian, all
+by autodiff of the network's forward); under a backward rule the oracle differentiates the rule's
+``check_forward`` oracles (whose VJPs are the rule's definition), so a rule's quantities are
+checked against the rule's own definition. ``check_layer(..., quantities=...)`` delegates here.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck
-from jaxbp.combinators import walk_forward
-from jaxbp.contract import path_str
-from jaxbp.core import Layer, apply, init_state, layer_name
+from jaxbp.check._probe import oracle_forward
+from jaxbp.check.report import WITNESSES, CheckReport, LeafCheck, compare_arrays
+from jaxbp.combinators import leaves, param_owners
+from jaxbp.core import Layer, Loss, init_state, layer_name, output_shape
 from jaxbp.losses import MeanSquaredError
 from jaxbp.quantities.api import value_grad_and
-from jaxbp.quantities.engine import assemble
+from jaxbp.quantities.registry import QUANTITIES, lookup
 
-ORACLES = {
-    "batch_grad": "vmap(jax.grad) per example / N",
-    "batch_l2": "squared norms of vmap(jax.grad) per example / N",
-    "sum_grad_squared": "sum of squares of vmap(jax.grad) per example / N",
-    "variance": "variance over examples of vmap(jax.grad) / N",
-    "diag_ggn": "diag of J_nᵀ H_n J_n summed over n (jax.jacobian, jax.hessian)",
-    "diag_ggn_mc": "diag of J_nᵀ s_n s_nᵀ J_n for the sampled factor s (jax.jacobian)",
-    "kflr": "bias: exact GGN block (jax.jacobian); W: shapes of A (in, in) and G (out, out)",
-    "kfac": "bias: GGN block of the sampled factor (jax.jacobian); W: shapes of A and G",
-    "diag_hessian": "diag of jax.hessian of the loss wrt the params",
-}
+FIRST_ORDER = ("batch_grad", "batch_l2", "sum_grad_squared", "variance")
+ORACLES = {name: q.oracle_summary for name, q in QUANTITIES.items()}  # the built-ins (see QUANTITIES)
 
 
 class QuantityReport(CheckReport):
-    """A :class:`CheckReport` whose witnesses are quantity names (see :data:`ORACLES`)."""
+    """A :class:`CheckReport` whose witnesses are quantity names."""
 
     @property
     def failed_levels(self) -> list[str]:
@@ -48,198 +42,175 @@ class QuantityReport(CheckReport):
 
     def __str__(self) -> str:
         legend = "; ".join(
-            f"{w}: {'hand-written extras' if w in ORACLES else WITNESSES[w][0]} vs "
-            f"{ORACLES.get(w) or WITNESSES[w][1]}"
-            for w in dict.fromkeys(r.witness for r in self.rows)
+            f"{w}: {r.hand} vs {r.reference}" for w, r in {r.witness: r for r in self.rows}.items()
         )
         return "\n".join([self.summary(), self.table(), f"(hand vs reference -- {legend})"])
 
 
-def _oracles(net, loss, params, x, t, state, S_mc, names):
-    """Every requested quantity by autodiff, in the params' structure (Kron rows handled apart)."""
-    B = x.shape[0]
-    flat, unravel = ravel_pytree(params)
+class Oracle:
+    """Autodiff references of one draw, computed when a quantity's oracle first asks for them.
 
-    def L(p, xx, tt):
-        return loss.forward(apply(net, p, xx, state=state)[0], tt)[0]
+    Attributes (lazy): ``per_example`` (vmap of jax.grad per example, / N), ``grad``, ``ggn`` and
+    ``ggn_mc`` (full matrices over the flattened params, from jax.jacrev and jax.hessian), ``hessian``
+    (jax.hessian of the loss wrt the flattened params); ``unravel`` maps a flat vector to params.
+    """
 
-    out = {}
-    pe = jax.tree.map(lambda a: a / B, jax.vmap(lambda xi, ti: jax.grad(L)(params, xi[None], ti[None]))(x, t))
-    grad = jax.grad(L)(params, x, t)
-    out["batch_grad"] = pe
-    out["batch_l2"] = jax.tree.map(lambda a: (a.reshape(B, -1) ** 2).sum(1), pe)
-    out["sum_grad_squared"] = jax.tree.map(lambda a: (a**2).sum(0), pe)
-    out["variance"] = jax.tree.map(lambda a, g: (a**2).sum(0) / B - (g / B) ** 2, pe, grad)
-    if {"diag_ggn", "diag_ggn_mc", "kflr", "kfac"} & set(names):
-        y = apply(net, params, x, state=state)[0]
-        J = jax.jacobian(lambda fp: apply(net, unravel(fp), x, state=state)[0])(flat).reshape(
-            B, -1, flat.size
-        )
-        H = jax.hessian(lambda yy: loss.forward(yy.reshape(y.shape), t)[0])(y.ravel())
-        H = H.reshape(B, y.size // B, B, y.size // B)
-        ggn = sum(J[n].T @ H[n, :, n, :] @ J[n] for n in range(B))
-        JS = jnp.einsum("bcp,mbc->mbp", J, S_mc.reshape(S_mc.shape[0], B, -1))
-        ggn_mc = jnp.einsum("mbp,mbq->pq", JS, JS)
-        out["diag_ggn"], out["diag_ggn_mc"] = unravel(jnp.diag(ggn)), unravel(jnp.diag(ggn_mc))
-        out["kflr"], out["kfac"] = ggn, ggn_mc  # full matrices; blocks cut per leaf below
-    if "diag_hessian" in names:
-        out["diag_hessian"] = unravel(jnp.diag(jax.hessian(lambda fp: L(unravel(fp), x, t))(flat)))
-    return out
+    def __init__(self, forward: Callable, loss: Loss, params, x, t, S_mc):
+        self.forward, self.loss, self.params, self.x, self.t, self.S_mc = forward, loss, params, x, t, S_mc
+        self.flat, self.unravel = ravel_pytree(params)
+        self.n = x.shape[0]
+
+    def L(self, p, x, t):
+        return self.loss.forward(self.forward(p, x), t)[0]
+
+    @functools.cached_property
+    def per_example(self):
+        pe = jax.vmap(lambda xi, ti: jax.grad(self.L)(self.params, xi[None], ti[None]))(self.x, self.t)
+        return jax.tree.map(lambda a: a / self.n, pe)
+
+    @functools.cached_property
+    def grad(self):
+        return jax.grad(self.L)(self.params, self.x, self.t)
+
+    @functools.cached_property
+    def _jacobian(self):
+        y = self.forward(self.params, self.x)
+        J = jax.jacrev(lambda fp: self.forward(self.unravel(fp), self.x))(self.flat)
+        H = jax.hessian(lambda yy: self.loss.forward(yy.reshape(y.shape), self.t)[0])(y.ravel())
+        B = self.n
+        return J.reshape(B, -1, self.flat.size), H.reshape(B, y.size // B, B, y.size // B)
+
+    @functools.cached_property
+    def ggn(self):
+        J, H = self._jacobian
+        return sum(J[n].T @ H[n, :, n, :] @ J[n] for n in range(self.n))
+
+    @functools.cached_property
+    def ggn_mc(self):
+        J, _ = self._jacobian
+        JS = jnp.einsum("bcp,mbc->mbp", J, self.S_mc.reshape(self.S_mc.shape[0], self.n, -1))
+        return jnp.einsum("mbp,mbq->pq", JS, JS)
+
+    @functools.cached_property
+    def hessian(self):
+        return jax.hessian(lambda fp: self.L(self.unravel(fp), self.x, self.t))(self.flat)
 
 
-def _row(level, lname, leaf, name, hand, ref, tol, seed, dtype, detail=""):
-    """One report row: the hand-written quantity against its autodiff oracle (max abs error vs scale)."""
-    hand, ref = np.asarray(hand, np.float64), np.asarray(ref, np.float64)
-    same = dict(
-        level=level,
-        level_name=lname,
-        leaf=leaf,
-        witness=name,
-        dtype=dtype,
-        tol=tol,
-        atol=0.0,
-        hand="hand-written extras",
-        reference=ORACLES[name],
-        seed=seed,
+def _draw(layer: Layer, shape, out_shape, key, make_input):
+    """One draw in float64: input, params moved off their init values, a target, and a perturbed state."""
+    kx, kp, kt, kn = jax.random.split(key, 4)
+    x = make_input(kx, shape) if make_input else jax.random.normal(kx, shape, jnp.float64)
+    _, params = layer.init(kp, shape)
+    params = jax.tree.map(
+        lambda a: a.astype(jnp.float64) + 0.3 * jax.random.normal(kn, a.shape, jnp.float64), params
     )
-    if hand.shape != ref.shape:
-        return LeafCheck(
-            **same,
-            max_abs_err=np.inf,
-            max_rel_err=np.inf,
-            worst_index=None,
-            cosine=None,
-            status="FAIL",
-            detail=f"shape {hand.shape} != {ref.shape}",
-        )
-    err = np.abs(hand - ref)
-    scale = max(np.abs(ref).max(initial=0.0), np.abs(hand).max(initial=0.0))
-    denom = np.linalg.norm(hand) * np.linalg.norm(ref)
-    abs_err = float(err.max(initial=0.0))
-    return LeafCheck(
-        **same,
-        max_abs_err=abs_err,
-        max_rel_err=abs_err / scale if scale else abs_err,
-        worst_index=tuple(int(i) for i in np.unravel_index(np.argmax(err), err.shape)) if err.size else (),
-        cosine=float(np.vdot(hand, ref) / denom) if denom > 0 else 1.0,
-        status="ok" if abs_err <= tol * max(scale, 1e-300) or abs_err == 0 else "FAIL",
-        detail=detail,
+    state = jax.tree.map(
+        lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+        init_state(layer, shape),
     )
+    return x, params, jax.random.normal(kt, out_shape, jnp.float64), state
+
+
+def _rows(names, q, oracle: Oracle, owners, levels, tol, seed) -> list[LeafCheck]:
+    rows = []
+    offsets, start = [], 0
+    for a in jax.tree.leaves(oracle.params):
+        offsets.append((start, a.size, a.shape))
+        start += a.size
+    for name in names:
+        quantity = QUANTITIES[name]
+        ref = quantity.oracle(oracle)
+        hand_leaves = jax.tree.structure(oracle.params).flatten_up_to(q[name])  # one value per param leaf
+        ref_leaves = jax.tree.leaves(ref) if quantity.compare is None else None
+        for i, ((level, key), (s, n, shape)) in enumerate(zip(owners, offsets, strict=True)):
+            hand, want, detail = hand_leaves[i], None, ""
+            if quantity.compare is None:
+                want = ref_leaves[i]
+            else:
+                hand, want, detail = quantity.compare(hand, ref[s : s + n, s : s + n], shape)
+            rows.append(
+                compare_arrays(
+                    hand,
+                    want,
+                    level=level,
+                    level_name=levels[level],
+                    leaf=key,
+                    witness=name,
+                    dtype="float64",
+                    tol=tol,
+                    seed=seed,
+                    detail=detail,
+                    hand_text="hand-written PerExample hooks",
+                    reference_text=quantity.oracle_summary,
+                )
+            )
+    return rows
 
 
 def check_quantities(
     layer: Layer,
     input_shape: Sequence[int],
-    quantities: Sequence[str] = ("batch_grad", "batch_l2", "sum_grad_squared", "variance"),
+    quantities: Sequence[str] = FIRST_ORDER,
     *,
     seeds: int = 2,
     tol: float = 1e-10,
     make_input: Callable | None = None,
     key=None,
+    loss: Loss | None = None,
 ) -> QuantityReport:
-    """Verify ``layer``'s quantity extras against autodiff, per level and param leaf, in float64.
+    """Verify the quantities of ``layer`` (any layer or network, a rule net too) against autodiff.
 
-    The loss is the mean squared error to a random target (its Hessian is positive definite, so
-    every curvature quantity is exercised). Needs ``jax_enable_x64``.
+    Runs in float64 (x64 switched on for the call and restored, as :func:`jaxbp.check_layer` does).
+    The loss defaults to the mean squared error to a random target (its Hessian is positive
+    definite, so every curvature quantity is exercised). Stateful layers run in eval mode.
 
     Args:
-      layer: any layer or network whose leaves provide the extras.
+      layer: any layer or network whose leaves have the hooks the quantities need.
       input_shape: the input batch shape (batch axis first).
-      quantities: names from :data:`jaxbp.quantities.NAMES`.
+      quantities: names from :data:`jaxbp.quantities.QUANTITIES`.
       seeds: random draws of input, params and target.
       tol: relative tolerance (max abs error over the largest element).
       make_input: ``(key, shape) -> x`` for inputs that are not standard normal (e.g. integer ids).
       key: PRNG key (default ``PRNGKey(0)``).
+      loss: the loss on top (default :func:`~jaxbp.losses.MeanSquaredError`).
 
     Returns:
-      A :class:`QuantityReport` (a :class:`~jaxbp.check.report.CheckReport`): one row per
-      (level, param leaf, quantity), the worst of the seeds.
+      A :class:`QuantityReport`: one row per (level, param leaf, quantity), the worst of the seeds.
     """
+    names = tuple(q.name for q in lookup(tuple(quantities), "check_quantities"))
+    with jax.enable_x64(True):
+        return _check(
+            layer, tuple(input_shape), names, seeds, tol, make_input, key, loss or MeanSquaredError()
+        )
+
+
+def _check(layer, shape, names, seeds, tol, make_input, key, loss) -> QuantityReport:
     key = jax.random.PRNGKey(0) if key is None else key
-    loss, names, shape = MeanSquaredError(), tuple(quantities), tuple(input_shape)
-    levels, owner = _levels(layer, shape, make_input, key)
+    x_dtype = jax.eval_shape(lambda k: make_input(k, shape), key).dtype if make_input else jnp.float64
+    found = leaves(layer, shape, x_dtype)
+    levels = {lf.path: layer_name(lf.layer) for lf in found}
+    out_shape = output_shape(layer, shape)
     worst: dict = {}
     for seed in range(seeds):
-        kx, kp, kt, kq, kn = jax.random.split(jax.random.fold_in(key, seed), 5)
-        x = make_input(kx, shape) if make_input else jax.random.normal(kx, shape, jnp.float64)
-        out_shape, params = layer.init(kp, shape)
-        params = jax.tree.map(
-            lambda a, k=kn: a.astype(jnp.float64) + 0.3 * jax.random.normal(k, a.shape), params
+        kd, kq = jax.random.split(jax.random.fold_in(key, seed))
+        x, params, t, state = _draw(layer, shape, out_shape, kd, make_input)
+        fkey, mkey = jax.random.split(kq)
+
+        def forward(p, xx, state=state, fkey=fkey):
+            return oracle_forward(layer, p, xx, state=state, key=fkey, train=False)
+
+        lres = loss.forward(forward(params, x), t)[1]
+        S_mc = loss.sqrt_hessian_mc(lres, mkey, 1) if loss.sqrt_hessian_mc else None
+        _, _, q = jax.jit(lambda p, x, t, s, k: value_grad_and(layer, loss, *names)(p, x, t, state=s, key=k))(
+            params, x, t, state, kq
         )
-        state = init_state(layer, shape)
-        t = jax.random.normal(kt, out_shape, jnp.float64)
-        _, _, q = value_grad_and(layer, loss, *names)(params, x, t, state=state, key=kq)
-        lres = loss.forward(apply(layer, params, x, state=state)[0], t)[1]
-        S_mc = loss.extras["sqrt_hessian_mc"](lres, jax.random.split(kq)[1], 1)
-        ref = _oracles(layer, loss, params, x, t, state, S_mc, names)
-        for row in _rows(q, ref, params, names, levels, owner, tol, seed):
+        oracle = Oracle(forward, loss, params, x, t, S_mc)
+        for row in _rows(names, q, oracle, param_owners(layer, params), levels, tol, seed):
             k = (row.level, row.leaf, row.witness)
-            if k not in worst or row.max_rel_err > worst[k].max_rel_err:
+            if k not in worst or not row.max_rel_err <= worst[k].max_rel_err:
                 worst[k] = row
-    return QuantityReport(
-        name=f"{layer_name(layer)} on {shape}", levels=levels, rows=list(worst.values()), seeds=seeds
-    )
+    name = f"{layer_name(layer)} on {shape}"
+    return QuantityReport(name=name, levels=levels, rows=list(worst.values()), seeds=seeds)
 
 
-def _levels(layer: Layer, shape, make_input, key) -> tuple[dict[str, str], object]:
-    """``{path: name}`` of the network's leaves (forward order) and a params-shaped tree of paths."""
-    found: dict[tuple[str, ...], str] = {}
-
-    def leaf(path, lv, p, x, *, state, key, train):
-        found[path] = layer_name(lv)
-        return apply(lv, p, x, state=state, key=key, train=train)
-
-    def run(k):
-        x = make_input(k, shape) if make_input else jnp.zeros(shape, jnp.float64)
-        _, params = layer.init(k, shape)
-        walk_forward(layer, params, x, leaf, state=init_state(layer, shape), key=k)
-
-    jax.eval_shape(run, key)
-    owner = assemble(layer, {p: path_str(p) for p in found})
-    return {path_str(p): name for p, name in found.items()}, owner
-
-
-def _level_at(owner, keypath) -> tuple[str, tuple]:
-    """The level path that owns a params leaf at ``keypath``, and the keys below that level."""
-    for i, k in enumerate(keypath):
-        if isinstance(owner, str):
-            return owner, keypath[i:]
-        owner = owner[k.idx] if hasattr(k, "idx") else owner[k.key]
-    return owner, ()
-
-
-def _rows(q, ref, params, names, levels, owner, tol, seed):
-    offsets, start = {}, 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        offsets[path] = (start, leaf.size, leaf.shape)
-        start += leaf.size
-    for name in names:
-        for path, (s, n, pshape) in offsets.items():
-            level, below = _level_at(owner, path)
-            leaf = jax.tree_util.keystr(below)
-            args = (level, levels[level], leaf, name)
-            if name not in ("kfac", "kflr"):
-                hand = _get(q[name], path)
-                yield _row(*args, hand, _get(ref[name], path), tol, seed, "float64")
-                continue
-            factors = _get(q[name], path)
-            if len(factors) == 1:
-                yield _row(*args, factors[0], ref[name][s : s + n, s : s + n], tol, seed, "float64")
-            else:
-                A, G = factors
-                ok = A.shape[0] * G.shape[0] == n and A.shape[0] == A.shape[1] and G.shape[0] == G.shape[1]
-                yield _row(
-                    *args,
-                    np.zeros(1) if ok else np.ones(1),
-                    np.zeros(1),
-                    tol,
-                    seed,
-                    "float64",
-                    detail=f"A {A.shape}, G {G.shape} for a param of shape {pshape}",
-                )
-
-
-def _get(tree, path):
-    for k in path:
-        tree = tree[k.idx] if hasattr(k, "idx") else tree[k.key]
-    return tree
+__all__ = ["ORACLES", "WITNESSES", "Oracle", "QuantityReport", "check_quantities"]

@@ -23,8 +23,9 @@ import optax
 
 from jaxbp.core import Array, Layer, Loss, apply, is_stateful
 from jaxbp.errors import UsageError
-from jaxbp.quantities.engine import first_order_leaf, pick, walk_bundles
-from jaxbp.step import TrainState
+from jaxbp.quantities.engine import pick, walk_parts
+from jaxbp.quantities.first_order import BATCH_GRAD, BATCH_L2
+from jaxbp.step import train_step_fn
 
 METHODS = ("ghost", "materialised")
 
@@ -39,6 +40,8 @@ def clipped_sum(
 ):
     """``(value, sum_n c_n ∇ℓ_n, new_state)`` with ``c_n = min(1, clip / ||∇ℓ_n||)``.
 
+    ``∇ℓ_n`` is example n's gradient as the network's backward computes it: under a backward rule
+    (:mod:`jaxbp.rules`) it is the rule's per-example update, and the rule is trained privately.
     ``method="ghost"``: norms from ``batch_l2``, then a second backward of the reweighted loss.
     ``method="materialised"``: the reference, from ``batch_grad`` (B copies of the params).
     """
@@ -48,21 +51,49 @@ def clipped_sum(
     y, res, new_state = apply(net, params, x, state=state, key=key, train=True)
     value, lres = loss.forward(y, target)
     g = loss.backward(lres)
-    name = "batch_l2" if method == "ghost" else "batch_grad"
-    tree, _ = walk_bundles(net, params, res, g, first_order_leaf((name,), n, None))
-    q = pick(tree, name)
+    q = BATCH_L2 if method == "ghost" else BATCH_GRAD
+    tree, _ = walk_parts(net, params, res, g, {q.name: q.leaf}, n, quantities=(q,), keep_grad=False)
+    per_example = pick(tree, q.name)
     if method == "ghost":
-        norms = _per_example_norms(q, n)
+        norms = _per_example_norms(per_example, n)
     else:
-        norms = _per_example_norms(jax.tree.map(lambda a: jnp.sum(a.reshape(n, -1) ** 2, 1), q), n)
+        norms = _per_example_norms(jax.tree.map(lambda a: jnp.sum(a.reshape(n, -1) ** 2, 1), per_example), n)
     factor = jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))
     if method == "materialised":
-        total = jax.tree.map(lambda a: jnp.tensordot(n * factor.astype(a.dtype), a, 1), q)
+        total = jax.tree.map(lambda a: jnp.tensordot(n * factor.astype(a.dtype), a, 1), per_example)
         return value, total, new_state
     # d(sum_n c_n ℓ_n)/dpred = N c_n * (row n of dL/dpred), L the mean loss
     scale = (n * factor).astype(g.dtype).reshape(n, *([1] * (g.ndim - 1)))
     total, _ = net.backward(params, res, g * scale)
     return value, total, new_state
+
+
+def private_forward_backward(clip: float, noise: float, method: str = "ghost") -> Callable:
+    """DP-SGD's gradient as a ``forward_backward`` of :func:`jaxbp.step.train_step_fn`'s signature.
+
+    Returns ``(value, (sum_n clip_C(∇ℓ_n) + N(0, σ² C² I)) / N, new_state)``; the step key is split
+    into the noise key and the forward's key (for random layers).
+    """
+    if not (isinstance(clip, (int, float)) and 0 < clip < float("inf")):
+        raise UsageError(f"DP-SGD needs a finite clip > 0, got clip={clip!r}")
+    if not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
+        raise UsageError(f"DP-SGD needs a finite noise multiplier >= 0, got noise={noise!r}")
+
+    def forward_backward(net, loss, params, x, target, *, state, key, train):
+        noise_key, fwd_key = jax.random.split(key)
+        fwd_key = fwd_key if is_stateful(net) else None
+        value, total, new_state = clipped_sum(
+            net, loss, params, x, target, clip=clip, state=state, key=fwd_key, method=method
+        )
+        leaves, treedef = jax.tree.flatten(total)
+        keys = jax.random.split(noise_key, len(leaves))
+        noisy = [
+            (a + noise * clip * jax.random.normal(k, a.shape, a.dtype)) / x.shape[0]
+            for a, k in zip(leaves, keys, strict=True)
+        ]
+        return value, jax.tree.unflatten(treedef, noisy), new_state
+
+    return forward_backward
 
 
 def dp_train_step_fn(
@@ -76,45 +107,18 @@ def dp_train_step_fn(
 ) -> Callable:
     """The DP-SGD step ``(train_state, x, target) -> (train_state, loss_value)``.
 
-    Same signature and train state as :func:`jaxbp.step.train_step_fn`; the optimizer receives
-    ``(sum_n clip_C(∇ℓ_n) + N(0, σ² C² I)) / N``. The key is split every step (noise, and the
-    forward's key for random layers). Train-mode BatchNorm couples examples and is refused.
+    :func:`jaxbp.step.train_step_fn` itself with :func:`private_forward_backward` as its gradient:
+    the same train state and update; the optimizer receives ``(sum_n clip_C(∇ℓ_n) + N(0, σ² C² I)) / N``.
+    Train-mode BatchNorm couples examples and is refused (use GroupNorm).
 
     Args:
-      net, loss, optimizer: as for :func:`jaxbp.step.train_step_fn`.
+      net, loss, optimizer: as for :func:`jaxbp.step.train_step_fn` (``net`` may be a rule net).
       clip: the per-example clipping norm C (> 0).
       noise: the noise multiplier σ (>= 0; 0 gives clipped, non-private SGD).
       method: ``"ghost"`` (default) or ``"materialised"`` (per-example gradients; the reference).
     """
-    if not clip > 0 or noise < 0:
-        raise UsageError(f"DP-SGD needs clip > 0 and noise >= 0, got clip={clip}, noise={noise}")
-    random = is_stateful(net)
-
-    def step(ts: TrainState, x: Array, target: Array) -> tuple[TrainState, Array]:
-        key, noise_key, fwd_key = jax.random.split(ts.key, 3)
-        value, total, new_state = clipped_sum(
-            net,
-            loss,
-            ts.params,
-            x,
-            target,
-            clip=clip,
-            state=ts.state,
-            key=fwd_key if random else None,
-            method=method,
-        )
-        leaves, treedef = jax.tree.flatten(total)
-        keys = jax.random.split(noise_key, len(leaves))
-        noisy = [
-            (a + noise * clip * jax.random.normal(k, a.shape, a.dtype)) / x.shape[0]
-            for a, k in zip(leaves, keys, strict=True)
-        ]
-        grads = jax.tree.unflatten(treedef, noisy)
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        return TrainState(params, opt_state, new_state, key, ts.step + 1), value
-
-    return step
+    gradient = private_forward_backward(clip, noise, method)
+    return train_step_fn(net, loss, optimizer, forward_backward=gradient, needs_key=True)
 
 
 def epsilon(noise: float, batch_size: int, n: int, steps: int, delta: float = 1e-5) -> float:

@@ -1,13 +1,12 @@
 """Direct feedback alignment (Nøkland 2016): the output error, sent straight down to every weight level.
 
-With e = dL/dy at the network's output, every weight level above the bottom one (Dense, Conv1D,
-Conv2D: a leaf with ``extras["feedback_backward"]``; the bottom is the first in forward order) hands
-down ``dx^n = e · B_n`` instead of ``g Wᵀ``; ``B_n`` is a fixed random array of shape
-``(*x^n.shape[1:], *y.shape[1:])`` (axis 0 is the batch), drawn N(0, 1/size(x^n)) by
+With e = dL/dy at the network's output, every weight level above the bottom one (the first in
+forward order) hands down ``dx^n = e · B_n`` instead of ``g Wᵀ``; ``B_n`` is a fixed random array
+of shape ``(*x^n.shape[1:], *y.shape[1:])`` (axis 0 is the batch), drawn N(0, 1/size(x^n)) by
 ``init_state``. Every level's own dω is backprop's on the cotangent that arrives, so the top
 level's gradient is exact, and the levels between (activations, pooling, normalisation) keep their
-own backward. The rule is not local (every level needs e), so the rule net is one leaf that runs
-``net``'s walk itself; :func:`~jaxbp.rules.check_rule` checks it level by level.
+own backward. The rule is not local (every level needs e): the rule net carries one
+``check_forward`` for the whole network, and :func:`~jaxbp.rules.check_rule` checks it level by level.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp.combinators import walk_backward, walk_forward
-from jaxbp.core import Array, Layer, apply, init_state, layer_name, output_shape
+from jaxbp.combinators import leaves, walk_forward, walk_params
+from jaxbp.contract import path_str
+from jaxbp.core import Array, Layer, apply, layer_name, linear_residual
 from jaxbp.errors import UsageError
-from jaxbp.rules._common import RuleSpec, as_key, has_feedback, leaves, path_str
+from jaxbp.rules.net import is_weight_level, make
+from jaxbp.rules.registry import RULES, Rule, register
 
 
 def project(e: Array, B: Array) -> Array:
@@ -31,51 +32,53 @@ def project(e: Array, B: Array) -> Array:
     return lax.dot_general(e, B.astype(e.dtype), ((out_axes, b_axes), ((), ())))
 
 
-def feedback_paths(net: Layer, input_shape) -> list:
-    """The leaves that get a B_n: every weight leaf but the bottom one, forward order."""
-    return [lf for lf in leaves(net, input_shape) if has_feedback(lf.layer)][1:]
+def _init(leaf, key, out):
+    # B_n ~ N(0, 1 / size(x^n)) of shape (*x^n[1:], *y[1:])
+    if not hasattr(out, "shape"):
+        raise UsageError("dfa: needs a network with one output array to send its error down")
+    xs = tuple(leaf.x_shape[1:])
+    std = 1.0 / math.sqrt(max(math.prod(xs), 1))
+    return std * jax.random.normal(key, (*xs, *out.shape[1:]))
 
 
-def draw_dfa_feedback(net: Layer, key: Array, input_shape) -> dict:
-    """``{path: B_n}``, B_n ~ N(0, 1/size(x^n)) of shape (*x^n[1:], *y[1:]), from ``fold_in(key, i)``."""
-    out = output_shape(net, input_shape)[1:]
-    fb = {}
-    for i, lf in enumerate(feedback_paths(net, input_shape)):
-        xs = tuple(lf.x_shape[1:])
-        std = 1.0 / math.sqrt(max(math.prod(xs), 1))
-        fb[path_str(lf.path)] = std * jax.random.normal(jax.random.fold_in(key, i), (*xs, *out))
-    return fb
+def _like(net: Layer, params, input_shape):
+    """B_n = the top level's transposed Jacobian: exact when the network is [bottom weight level, ...,
+    top weight level] with nothing after the top and the top linear in its input."""
+    if input_shape is None:
+        raise UsageError("feedback_like: dfa's feedback is shaped by the activations; pass input_shape=")
+    found = leaves(net, input_shape)
+    weights = [lf for lf in found if is_weight_level(lf.layer)]
+    if len(weights) != 2:
+        raise UsageError(
+            f"feedback_like: no feedback turns dfa on {len(weights)} weight levels into backprop"
+            " (only a network with one hidden layer has one)"
+        )
+    top = weights[-1]
+    if found[-1].path != top.path:
+        after = found[-1]
+        raise UsageError(
+            "feedback_like: no feedback turns dfa into backprop:"
+            f" level {after.path} ({layer_name(after.layer)}) follows the top weight level {top.path},"
+            " so e is not the cotangent the top level receives"
+        )
+    if top.layer.per_example is None or top.layer.per_example.hessian_residual is not linear_residual:
+        raise UsageError(f"feedback_like: the top weight level {top.path} is not linear in its input")
+    p_top = _params_at(net, params, top.path)
+    x = jnp.zeros((1, *top.x_shape[1:]), top.x.dtype)
+    y, res = top.layer.forward(p_top, x)
+    eye = jnp.eye(math.prod(y.shape[1:]), dtype=y.dtype).reshape(-1, 1, *y.shape[1:])
+    # row k of the transposed Jacobian: the level's own backward of the unit cotangent e_k (no autodiff)
+    rows = jax.vmap(lambda gk: top.layer.backward(p_top, res, gk)[1][0])(eye)  # (K, *x[1:])
+    return {weights[1].path: jnp.moveaxis(rows, 0, -1).reshape(*x.shape[1:], *y.shape[1:])}
 
 
-def dfa_leaf(e: Array):
-    """The walk's leaf for DFA: dω from the level's own backward; dx^n = e · B_n where the level has a B_n."""
-
-    def leaf(path, layer, params, res, g):
-        r, B = res
-        dparams, dx = layer.backward(params, r, g)
-        return (dparams, dx) if B is None else (dparams, project(e, B).astype(dx.dtype))
-
-    return leaf
+def _params_at(net: Layer, params, path: str):
+    found = []
+    walk_params(net, params, lambda p, layer, pp: found.append(pp) if path_str(p) == path else None)
+    return found[0]
 
 
-def _dfa_net(net: Layer, key: Array | int, backward_leaf=dfa_leaf) -> Layer:
-    key = as_key(key)
-    name = f"dfa({layer_name(net)})"
-
-    def forward(params, x, *, state, key, train):
-        net_state, fb = state
-
-        def leaf(path, layer, p, xx, *, state, key, train):
-            y, r, s = apply(layer, p, xx, state=state, key=key, train=train)
-            return y, (r, fb.get(path_str(path))), s
-
-        y, res, net_state = walk_forward(net, params, x, leaf, state=net_state, key=key, train=train)
-        return y, res, (net_state, fb)
-
-    def backward(params, res, g):
-        # e = g (dL/dy at the output); weight level n above the bottom: dx^n = e · B_n; dω^n backprop's on g^n
-        return walk_backward(net, params, res, g, backward_leaf(g))
-
+def _check_forward(net: Layer):
     def check_forward(params, x, *, state, key, train):
         # value y; each fed-back level sees sg(x^n) and adds x^n · B_n - sg(x^n · B_n) to y: VJP at e is DFA
         net_state, fb = state
@@ -84,11 +87,10 @@ def _dfa_net(net: Layer, key: Array | int, backward_leaf=dfa_leaf) -> Layer:
         def leaf(path, layer, p, xx, *, state, key, train):
             B = fb.get(path_str(path))
             if B is None:
-                y, r, s = apply(layer, p, xx, state=state, key=key, train=train)
-            else:
-                y, r, s = apply(layer, p, lax.stop_gradient(xx), state=state, key=key, train=train)
-                t = jnp.tensordot(xx, lax.stop_gradient(B).astype(xx.dtype), axes=xx.ndim - 1)
-                extra.append(t - lax.stop_gradient(t))
+                return apply(layer, p, xx, state=state, key=key, train=train)
+            y, r, s = apply(layer, p, lax.stop_gradient(xx), state=state, key=key, train=train)
+            t = jnp.tensordot(xx, lax.stop_gradient(B).astype(xx.dtype), axes=xx.ndim - 1)
+            extra.append(t - lax.stop_gradient(t))
             return y, (r, B), s
 
         y, res, net_state = walk_forward(net, params, x, leaf, state=net_state, key=key, train=train)
@@ -96,16 +98,24 @@ def _dfa_net(net: Layer, key: Array | int, backward_leaf=dfa_leaf) -> Layer:
             y = y + t.astype(y.dtype)
         return y, res, (net_state, fb)
 
-    def state_init(input_shape):
-        if not feedback_paths(net, input_shape):
-            raise UsageError(
-                f"{name}: needs at least two weight levels (Dense, Conv) to feed the error back to"
-            )
-        return init_state(net, input_shape), draw_dfa_feedback(net, key, input_shape)
+    return check_forward
 
-    spec = RuleSpec(name="dfa", net=net, key=key, backward_leaf=backward_leaf, walk_net=net)
-    extras = {"check_forward": check_forward, "rule": lambda: spec}
-    return Layer(net.init, forward, backward, state_init, name=name, extras=extras)
+
+DFA = register(
+    Rule(
+        "dfa",
+        "direct feedback alignment: every weight level above the bottom hands down e · B_n, e = dL/dy",
+        init=_init,
+        step=lambda c: (c.stored, c.stored),
+        dx=lambda layer, params, res, g, B, e: project(e, B),
+        fed=lambda index: index > 0,
+        like=_like,
+        local=False,
+        reference="dfa_grads",
+        make=lambda net, *, key=0: make(net, RULES["dfa"], key=key, check_forward=_check_forward(net)),
+        requires="at least two weight levels (the bottom one gets no feedback)",
+    )
+)
 
 
 def direct_feedback_alignment(net: Layer, *, key: Array | int = 0) -> Layer:
@@ -116,10 +126,9 @@ def direct_feedback_alignment(net: Layer, *, key: Array | int = 0) -> Layer:
       key: the key (or int seed) each B_n is drawn from by ``init_state``.
 
     Returns:
-      A stateful network (one leaf) with ``net``'s init, params and forward; state
-      ``(net_state, {path: B_n})``.
+      A stateful network with ``net``'s init, params, forward and paths; state ``(net_state, {path: B_n})``.
     """
-    return _dfa_net(net, key)
+    return DFA.make(net, key=key)
 
 
-__all__ = ["direct_feedback_alignment", "project"]
+__all__ = ["DFA", "direct_feedback_alignment", "project"]

@@ -6,25 +6,26 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.combinators import walk_backward
+from jaxbp.contract import backprop, path_str
 from jaxbp.core import Array, Layer, Loss, Params, State, apply, is_stateful, layer_name
 from jaxbp.errors import UsageError
-from jaxbp.rules._common import Path, at_path, has_feedback, path_str, rule_spec
+from jaxbp.rules.net import rule_spec
 
 
-def recorded_backward(walk_net: Layer, params, res, g, leaf) -> dict:
-    """Run ``walk_backward(walk_net, ..., leaf)`` and keep every leaf's ``(layer, params, res, g, dp, dx)``.
+def recorded_backward(net: Layer, params, res, g, leaf=backprop) -> dict:
+    """Run ``walk_backward(net, ..., leaf)`` and keep every leaf's ``(layer, params, res, g, dp, dx)``.
 
     Returns:
       ``{path string: record}`` in forward order (bottom level first).
     """
     rec = {}
 
-    def keep(path, layer, p, r, gg):
-        dp, dx = leaf(path, layer, p, r, gg)
+    def keep(path, layer, p, r, gg, spec):
+        dp, dx = leaf(path, layer, p, r, gg, spec)
         rec[path_str(path)] = (layer, p, r, gg, dp, dx)
         return dp, dx
 
-    walk_backward(walk_net, params, res, g, keep)
+    walk_backward(net, params, res, g, keep)
     return dict(reversed(rec.items()))
 
 
@@ -40,15 +41,10 @@ def angle(a, b) -> Array:
     return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
 
 
-def _feedback_of(spec, layer: Layer, res):
-    """(the weight leaf's own layer, the B its step used) for a leaf with feedback, else (layer, None)."""
-    if spec is None:
-        return layer, None
-    if spec.name == "dfa":
-        return layer, res[1]
-    if "rule_leaf" in layer.extras:
-        return layer.extras["rule_leaf"]()[0], res[1]
-    return layer, None
+def _same_shapes(a, b) -> bool:
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        jnp.shape(u) == jnp.shape(v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def alignment(
@@ -82,51 +78,41 @@ def alignment(
     spec = rule_spec(rule_net)
     net = spec.net if spec else rule_net
     net_state = state[0] if spec else state
-    y, res, _ = apply(net, params, x, state=net_state, key=key, train=True)
-    g = loss.backward(loss.forward(y, target)[1])
-    bp = recorded_backward(net, params, res, g, lambda path, layer, p, r, gg: layer.backward(p, r, gg))
-    if spec is None:
-        rule = bp
-    else:
-        y, res, _ = apply(rule_net, params, x, state=state, key=key, train=True)
-        g = loss.backward(loss.forward(y, target)[1])
-        rule = recorded_backward(spec.walk_net, params, res, g, spec.backward_leaf(g))
+
+    def backward_of(layer, s):
+        y, res, _ = apply(layer, params, x, state=s, key=key, train=True)
+        return recorded_backward(layer, params, res, loss.backward(loss.forward(y, target)[1]))
+
+    bp = backward_of(net, net_state)
+    rule = bp if spec is None else backward_of(rule_net, state)
     out = {}
     for path, (layer, p, r, _, dp, dx) in rule.items():
         if not jax.tree.leaves(p):
             continue
         _, _, _, _, bp_dp, bp_dx = bp[path]
         row = {"dx": angle(dx, bp_dx), "dparams": angle(dp, bp_dp)}
-        inner, B = _feedback_of(spec, layer, r)
-        if B is not None:
-            W = inner.extras["feedback_weight"](p)
-            if B.shape == W.shape:
+        if layer.rule is not None and layer.walk is None:  # a rule leaf: res is (its own res, B)
+            W, B = layer.rule.net.feedback.weights(p), r[1]
+            if _same_shapes(B, W):
                 row["B_W"] = angle(B, W)
                 row["B_W_norm_ratio"] = jnp.linalg.norm(_flat(B)) / jnp.linalg.norm(_flat(W))
         out[path] = row
     return out
 
 
-def weight_paths(net: Layer, path: Path = ()) -> list[Path]:
-    """The paths of ``net``'s weight leaves (Dense, Conv), forward order for serial chains."""
-    if net.walk is None:
-        return [path] if has_feedback(net) else []
-    segs = ["branch"] if net.kind == "residual" else [str(i) for i in range(len(net.layers))]
-    return [p for seg, child in zip(segs, net.layers, strict=True) for p in weight_paths(child, (*path, seg))]
+def feedback_like(rule_net: Layer, params: Params, *, state: State | None = None, input_shape=None) -> State:
+    """A state whose feedback turns the rule back into backprop, or a UsageError saying why none does.
 
-
-def feedback_like(rule_net: Layer, params: Params, *, state: State | None = None) -> State:
-    """A state whose feedback turns the rule back into backprop.
-
-    FA: B_n = W_n. frSF: |R_n| = |W_n|. DFA on a network with one hidden layer (two weight levels):
-    B_1 = W_2. uSF and brSF have no such state (their B is s sign(W) or random), nor has DFA with more
-    weight levels.
+    FA: B_n = W_n. frSF: |R_n| = |W_n|. Kolen-Pollack: B_n = W_n (and it stays). DFA on a network with
+    one hidden layer whose top weight level is linear in its input and last: B = that level's
+    transposed Jacobian (needs ``input_shape``). uSF and brSF have no such state.
 
     Args:
       rule_net: a rule net.
       params: the params whose W the feedback copies.
       state: the rule net's current state; its network part is kept (default: ``()``, for a network
         without state of its own).
+      input_shape: the input shape (DFA's feedback is shaped by the activations).
 
     Returns:
       ``(net_state, feedback)``.
@@ -137,22 +123,14 @@ def feedback_like(rule_net: Layer, params: Params, *, state: State | None = None
     if state is None and is_stateful(spec.net):
         raise UsageError(f"feedback_like: {layer_name(spec.net)} has state of its own; pass state=")
     net_state = () if state is None else state[0]
-    paths = weight_paths(spec.net)
-
-    def W(path):
-        leaf, p = at_path(spec.net, params, path)
-        return leaf.extras["feedback_weight"](p)
-
-    if spec.name == "fa":
-        return net_state, {path_str(p): W(p) for p in paths}
-    if spec.name == "frsf":
-        return net_state, {path_str(p): jnp.abs(W(p)) for p in paths}
-    if spec.name == "dfa" and len(paths) == 2:
-        return net_state, {path_str(paths[1]): W(paths[1])}
-    raise UsageError(
-        f"feedback_like: no feedback turns {spec.name} on {len(paths)} weight levels into backprop"
-        " (fa, frsf, and dfa with one hidden layer have one)"
-    )
+    try:
+        feedback = spec.rule.like(spec.net, params, input_shape)
+    except (KeyError, TypeError, IndexError) as e:
+        raise UsageError(
+            f"feedback_like: the params do not fit {layer_name(spec.net)} ({type(e).__name__}: {e});"
+            " params of another network?"
+        ) from None
+    return net_state, feedback
 
 
 def run_key(seed: int) -> Array:
@@ -185,4 +163,4 @@ def final_alignment(rule_net: Layer, train_state, data, batch_size: int, seed: i
     return {p: {k: round(float(v), 3) for k, v in row.items()} for p, row in angles.items()}
 
 
-__all__ = ["alignment", "angle", "feedback_like", "final_alignment", "run_key"]
+__all__ = ["alignment", "angle", "feedback_like", "final_alignment", "recorded_backward", "run_key"]

@@ -77,8 +77,8 @@ def _new_history(net: Layer, in_shape: tuple, dtype) -> dict:
         "train_loss": [],
         "test_accuracy": [],
         "seconds": [],
-        "levels": [layer_name(layer) for _, layer in named],
-        "paths": [path for path, _ in named],
+        "levels": [layer_name(lf.layer) for lf in named],
+        "paths": [lf.path for lf in named],
         "dx_norms": [],
         "dparam_norms": [],
     }

@@ -141,7 +141,7 @@ DEFAULT_LOSS = SoftmaxCrossEntropy()
 
 def cached(make: Callable, size: int = 8) -> Callable:
     """``make`` memoised on its arguments: by value when hashable, else by identity (a ``Layer``
-    holds a read-only ``extras`` mapping, so it is not hashable). A cached entry keeps its
+    made by a backward rule holds its key, an array, so it is not hashable). A cached entry keeps its
     arguments alive, so an identity key cannot be reused by another object while it is cached."""
     memo: dict = {}
 
