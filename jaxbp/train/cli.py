@@ -5,7 +5,7 @@ Every flag is range-checked by the parser, and the data, the output paths (``--p
 ``--checkpoint-dir``: locked for the run and probe-written) and an existing checkpoint are checked
 before the first step; errors are raised as :class:`~jaxbp.errors.JaxbpError` and printed by
 :func:`jaxbp.cli.main` as one line. ``--help`` ends with the defaults of every preset and the
-backward rules, generated from :data:`DEFAULTS` and :data:`RULE_HELP`.
+backward rules, generated from :data:`DEFAULTS` and the rule registry's summaries.
 """
 
 from __future__ import annotations
@@ -33,17 +33,6 @@ from jaxbp.train.pieces import total_steps
 
 MAX_SEED = 2**31 - 1
 
-# What each --rule does to the dL/dx a weight level hands down (in ASCII for any terminal; the math
-# is in docs/rules.md).
-RULE_HELP = {
-    "bp": "backprop: dx = g W^T, the exact gradient",
-    "fa": "feedback alignment (Lillicrap et al. 2016): dx = g B^T, B fixed random of W's shape",
-    "usf": "uniform sign symmetry: B = s * sign(W), s the init RMS",
-    "frsf": "fixed random-magnitude sign symmetry: B = |R| * sign(W), R fixed random",
-    "brsf": "batchwise random-magnitude sign symmetry: B = |R_t| * sign(W), R_t new every step",
-    "dfa": "direct feedback alignment (Nokland 2016): level n gets e B_n, e = dL/dy at the output",
-}
-
 # Per (dataset, model) defaults for flags left unset; anything else falls back to "*".
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("*", "*"): dict(epochs=10, batch_size=128, lr=0.05, momentum=0.9, weight_decay=0.0, dropout=0.0),
@@ -59,7 +48,7 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` command's flags to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = run.help_epilog(DEFAULTS, RULE_HELP)
+    parser.epilog = run.help_epilog(DEFAULTS, {name: rule.summary for name, rule in rules.RULES.items()})
     per_preset = "default: per data set and model, see the table below"
     a = parser.add_argument
     a("--dataset", choices=DATASETS, default="digits", help="data set (default: digits, no download needed)")
