@@ -5,7 +5,7 @@ imported only when its command runs, so ``--help`` stays fast.
 
 Errors: a :class:`~jaxbp.errors.JaxbpError` raised by a command is printed here as one line
 ``jaxbp <command>: <message>`` on stderr, without a traceback unless ``--debug`` is given
-(before the command). Exit codes: 0 done; 2 usage, data or checkpoint error (argparse's own
+(before or after the command). Exit codes: 0 done; 2 usage, data or checkpoint error (argparse's own
 code for a bad flag is 2 too); 3 non-finite values during training (:class:`NonFiniteError`);
 ``check`` uses 1 for "a backward is wrong"; 130 interrupted (Ctrl-C). ``python -m jaxbp``
 without a command prints the help on stderr and exits 2.
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from jaxbp.errors import JaxbpError, NonFiniteError
+from jaxbp.errors import JaxbpError, NonFiniteError, UsageError
 
 COMMANDS = {
     "train": ("jaxbp.train.cli", "train a model with the hand-written backward (the main job)"),
@@ -33,13 +35,14 @@ EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_INTERRUPTED = 0, 2, 3, 130
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the chosen command's module is imported."""
     parser = argparse.ArgumentParser(prog="jaxbp", description="Backpropagation written by hand, in JAX.")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback of errors (before the command)"
-    )
+    debug_help = "show the full traceback of errors"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     chosen = next((a for a in (argv or []) if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # also after the command; SUPPRESS keeps a --debug given before it when this one is absent
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
     return parser
@@ -65,6 +68,40 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"jaxbp {args.command}: interrupted (a checkpoint already saved is kept)", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def import_object(spec: str, flag: str) -> object:
+    """``module:name`` (``module`` importable from the current directory, or a ``.py`` file) -> the object.
+
+    The spelling of ``jaxbp check MODULE:FACTORY`` and ``jaxbp train --model MODULE:FACTORY``.
+
+    Raises:
+      UsageError: one line naming the flag, the spec and what failed (no such module or file, a
+        syntax error or an exception while importing it, no such name in it).
+    """
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise UsageError(f"{flag} {spec}: expected MODULE:NAME, e.g. my_net:make_net")
+    try:
+        if module.endswith(".py") or "/" in module:
+            path = Path(module)
+            if not path.is_file():
+                raise UsageError(f"{flag} {spec}: no file {path}")
+            loaded = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(loaded)
+            sys.modules[path.stem] = mod  # dataclasses and pickling look their module up here
+            loaded.loader.exec_module(mod)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")  # the current directory, as `python -m` has it
+            mod = importlib.import_module(module)
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001  (importing a user's module may raise anything)
+        raise UsageError(f"{flag} {spec}: cannot import {module}: {type(e).__name__}: {e}") from e
+    if not hasattr(mod, name):
+        raise UsageError(f"{flag} {spec}: {module} has no {name!r}")
+    return getattr(mod, name)
 
 
 def one_line(error: BaseException) -> str:

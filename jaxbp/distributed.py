@@ -237,10 +237,12 @@ def train_step_fn_for(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--devices N`` (default: all devices) to a command's parser."""
+    """Add ``--devices N`` (default: all devices; N >= 1, refused by the parser otherwise)."""
+    from jaxbp.cli import ranged
+
     parser.add_argument(
         "--devices",
-        type=int,
+        type=ranged(int, 1),
         default=None,
         metavar="N",
         help="data-parallel over N devices (default: all; on CPU force N with"

@@ -219,6 +219,20 @@ def tiny_data(n_train=96, n_test=30, seed=0) -> Dataset:
     return Dataset(*draw(n_train), *draw(n_test), 3, "tiny")
 
 
+def tiny_npz(path) -> str:
+    """:func:`tiny_data` written as an ``.npz`` for ``jaxbp train --dataset npz --data-dir path``."""
+    d = tiny_data()
+    np.savez(path, x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test)
+    return path
+
+
+def one_line_error(capsys) -> str:
+    """The command's stderr, which must be one line ``jaxbp train: ...``; returns it."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxbp train: "), err
+    return err[0]
+
+
 def same_tree(a, b) -> bool:
     """Same structure, dtypes and bit-identical values (resume == uninterrupted)."""
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)

@@ -51,10 +51,13 @@ def test_crash_while_writing_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(
+        CheckpointError, match=r"could not save the checkpoint \(OSError: disk full\); the previous"
+    ):
         checkpoint.save(tmp_path, tree(2), {"epoch": 2})
     monkeypatch.undo()
     assert checkpoint.load(tmp_path, tree(0))[1]["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]  # the half-written file is gone
 
 
 def test_no_pickle_and_mismatches(tmp_path):

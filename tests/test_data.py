@@ -111,3 +111,35 @@ def test_digits_fixed_split():
     assert a.x_train.min() >= 0 and a.x_train.max() <= 1
     np.testing.assert_array_equal(a.y_test, b.y_test)
     assert set(np.bincount(a.y_test)) <= {35, 36, 37}  # stratified: ~1/5 of each class
+
+
+def test_one_hot_labels_are_reported_as_one_hot(tmp_path):
+    x = np.ones((6, 3), np.float32)
+    for dtype in (np.int64, np.float32):  # integer or float one-hot rows
+        one_hot = np.eye(2, dtype=dtype)[np.arange(6) % 2]
+        np.savez(tmp_path / "d.npz", x_train=x, y_train=one_hot, x_test=x[:2], y_test=np.arange(2))
+        with pytest.raises(
+            DataError, match=r"y_train holds one-hot rows \(shape \(6, 2\)\); .*y\.argmax\(1\)"
+        ):
+            load_npz(tmp_path / "d.npz")
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros((6, 2), int), x_test=x[:2], y_test=np.arange(2))
+    with pytest.raises(DataError, match=r"y_train must be a vector of class indices, got shape \(6, 2\)"):
+        load_npz(tmp_path / "d.npz")
+
+
+def test_huge_finite_pixels_standardise_without_overflow(tmp_path):
+    """3e38 is finite in float32; its square is not: the statistics are reduced in float64."""
+    from jaxbp.train.data import standardize
+
+    x = np.zeros((8, 3), np.float32)
+    x[1::2] = 3e38
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(8) % 2, x_test=x[:4], y_test=np.arange(4) % 2)
+    d = standardize(load_npz(tmp_path / "d.npz"))
+    assert np.isfinite(d.x_train).all() and set(np.unique(d.x_train)) == {-1.0, 1.0}
+    d = standardize(d._replace(x_train=x, x_test=np.full((4, 3), -3e38, np.float32)))  # 6e38 apart
+    assert np.isfinite(d.x_test).all() and float(d.x_test.min()) == pytest.approx(-3.0)
+    tiny = d._replace(  # training std 5e-31: a test pixel of 1e10 standardises to 2e40
+        x_train=np.where(x > 0, np.float32(1e-30), np.float32(0)), x_test=np.full((4, 3), 1e10, np.float32)
+    )
+    with pytest.raises(DataError, match=r"x_test overflows float32 when standardised .*--no-standardize"):
+        standardize(tiny)

@@ -36,7 +36,10 @@ def test_cli_prints_epochs_json_and_writes_plot_and_checkpoint(tmp_path, capsys)
     args += ["--checkpoint-dir", str(tmp_path / "ck")]
     assert cli.main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-3].startswith("epoch   1/2  train loss") and lines[-2].startswith("epoch   2/2")
+    assert lines[-4].startswith("epoch   1/2  train loss") and lines[-3].startswith("epoch   2/2")
+    assert (
+        lines[-2] == f"wrote the loss/accuracy curves and the gradient flow per level to {tmp_path / 'p.png'}"
+    )
     summary = json.loads(lines[-1])
     assert {"test_accuracy", "train_loss", "epochs", "seconds", "steps_per_second"} <= set(summary)
     assert summary["epochs"] == 2 and 0 <= summary["test_accuracy"] <= 1 and summary["seconds"] > 0
@@ -82,7 +85,7 @@ def test_nonfinite_stops_with_epoch_batch_level_and_keeps_checkpoint(tmp_path):
     data, opt = tiny_data(), optimizer()
     net = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(8), jaxbp.Tanh(), jaxbp.Dense(3))
     x = data.x_train.copy()
-    x[7, 1, 2, 0] = np.inf  # one poisoned example: the first non-finite output is level 0's
+    x[7, 1, 2, 0] = np.inf  # one poisoned example: the data, not a level (which only passes it on)
     poisoned = data._replace(x_train=x)
     good = {}
     for builder in (make_epoch, make_epoch_loop):
@@ -91,7 +94,8 @@ def test_nonfinite_stops_with_epoch_batch_level_and_keeps_checkpoint(tmp_path):
         )
         good[builder] = fit(net, data, opt, epochs=1, **kw).train_state
         with pytest.raises(
-            NonFiniteError, match=r"epoch 2, batch \d+ .*forward pass: level 0 \(Flatten\)"
+            NonFiniteError,
+            match=r"epoch 2, batch \d+: the input batch itself holds NaN or infinity \(rows \[\d+\]",
         ) as e:
             fit(net, poisoned, opt, epochs=2, resume=True, **kw)
         assert "last good checkpoint" in str(e.value)
@@ -144,3 +148,78 @@ def test_fitting_the_same_model_again_reuses_its_compiled_epoch():
     assert pieces.compiled_epoch(make_epoch, net, loss, opt, 16) is first
     assert pieces.compiled_epoch(make_epoch, stateful_net(), loss, opt, 16) is not first
     assert pieces.compiled_epoch(make_epoch, net, loss, opt, 8) is not first
+
+
+def test_fit_takes_a_function_of_total_steps_writes_the_plot_and_says_where(tmp_path, capsys):
+    """``functools.partial(make_optimizer, lr, schedule="cosine")``: fit passes the run's total steps,
+    so the schedule spans the run (no ``3 * 44`` by hand); ``plot=`` writes the picture at the end."""
+    import functools
+
+    import optax
+
+    from jaxbp.train import pieces
+
+    data, net = tiny_data(), jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(3))
+    seen = []
+
+    def make(total_steps):
+        seen.append(total_steps)
+        return make_optimizer(0.1, schedule="cosine", total_steps=total_steps)
+
+    fit(net, data, make, epochs=3, batch_size=16, log=None, plot=str(tmp_path / "c.png"))
+    assert seen == [3 * (96 // 16)] and (tmp_path / "c.png").stat().st_size > 10_000
+    assert pieces.total_steps(96, 16, 3) == 18
+    plot_line = f"wrote the loss/accuracy curves and the gradient flow per level to {tmp_path / 'c.png'}"
+    fit(net, data, make, epochs=1, batch_size=16, plot=str(tmp_path / "d.png"))
+    assert capsys.readouterr().out.strip().splitlines()[-1] == plot_line.replace("c.png", "d.png")
+    cosine = functools.partial(make_optimizer, 0.1, schedule="cosine")
+    assert isinstance(pieces.resolve_optimizer(cosine, 18), optax.GradientTransformation)
+    assert pieces.resolve_optimizer(cosine, 18) is pieces.resolve_optimizer(cosine, 18)  # compiled once
+    with pytest.raises(jaxbp.errors.UsageError, match="a cosine schedule needs total_steps"):
+        make_optimizer(0.1, schedule="cosine")
+    with pytest.raises(jaxbp.errors.UsageError, match="unknown image format"):
+        fit(net, data, make, epochs=1, batch_size=16, log=None, plot=str(tmp_path / "c.txt"))
+
+
+def test_a_network_without_flatten_is_refused_naming_the_shapes_before_training():
+    from jaxbp.train.data import load_dataset
+
+    digits = load_dataset("digits")
+    assert digits.x_train.shape[1:] == (8, 8, 1)  # what docs/training.md says load_dataset returns
+    net = jaxbp.serial(jaxbp.Dense(64), jaxbp.Relu(), jaxbp.Dense(10))
+    with pytest.raises(
+        jaxbp.errors.LayerError,
+        match=r"maps a batch of shape \(32, 8, 8, 1\) to \(32, 8, 8, 10\), but the loss needs logits of shape"
+        r" \(32, 10\) .* the examples of digits are \(8, 8, 1\) arrays: start the network with Flatten\(\)",
+    ):
+        fit(net, digits, make_optimizer(0.05), epochs=1, batch_size=32, log=None)
+
+
+def test_a_resumed_tracked_run_does_not_draw_before_training_at_the_resume_point(tmp_path):
+    data, net, opt = tiny_data(), jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(3)), make_optimizer(0.1)
+    kw = dict(epochs=3, batch_size=16, log=None, checkpoint_dir=str(tmp_path))
+
+    def stop(epoch, history):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net, data, opt, on_epoch=stop, **kw)  # not tracked
+    steps = []
+    result = fit(net, data, opt, resume=True, track=lambda ts: steps.append(int(ts.step)) or {"1": 1.0}, **kw)
+    assert steps == [6, 12, 18]  # the resume point (after epoch 1), then epochs 2 and 3
+    assert result.history["tracked"] == [None, {"1": 1.0}, {"1": 1.0}, {"1": 1.0}]
+    from jaxbp.train.plot import plot_history
+
+    plot_history(result.history, tmp_path / "p.png")  # the untracked point is blank, not an error
+
+
+def test_huge_inputs_that_overflow_a_level_are_pointed_out_as_data():
+    data = tiny_data()
+    huge = data._replace(x_train=data.x_train * np.float32(1e37))  # finite, but Dense overflows
+    net = jaxbp.serial(jaxbp.Flatten(), jaxbp.Dense(8), jaxbp.Dense(3))
+    with pytest.raises(
+        NonFiniteError,
+        match=r"level 1 \(Dense\(8\)\).*the input batch holds values up to .*e\+37: a data problem\?",
+    ):
+        fit(net, huge, make_optimizer(0.05), epochs=1, batch_size=16, log=None)

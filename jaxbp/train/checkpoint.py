@@ -7,7 +7,13 @@ directory, flushed to disk and then moved over the old one with ``os.replace``, 
 crash during a save leaves the previous checkpoint intact. Loading uses
 ``allow_pickle=False``: an untrusted checkpoint cannot run code. A corrupt file (empty,
 truncated, bit-flipped: every member's CRC is checked, a ``.npy`` renamed, malformed metadata)
-raises :class:`CheckpointError` naming the file and the problem.
+raises :class:`CheckpointError` naming the file and the problem, and so does a checkpoint whose
+params hold NaN or infinity (:func:`refuse_nonfinite`). A failed save (a full disk) is one
+``CheckpointError`` that says the previous checkpoint is kept. The file's permissions follow the
+umask, as any file the user writes.
+
+The directory a run saves into (its lock, the probe write, stale temporary files) is
+:mod:`jaxbp.train.rundir`'s.
 """
 
 from __future__ import annotations
@@ -47,23 +53,51 @@ def save(directory: str | os.PathLike, tree: Any, meta: dict) -> Path:
 
     Returns:
       The checkpoint's path.
+
+    Raises:
+      CheckpointError: the file could not be written (a full disk, a vanished directory); the
+        previous checkpoint, if any, is left as it was.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     leaves = jax.tree_util.tree_leaves(tree)
     arrays = {f"leaf_{i:05d}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)}
     arrays["meta"] = np.asarray(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp's 0600 -> what the user's umask allows
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path_in(directory))  # the atomic step: readers see the old or the new file
+    except OSError as e:
+        _unlink(tmp)
+        kept = "the previous checkpoint is kept" if exists(directory) else "no checkpoint was written"
+        raise CheckpointError(
+            f"{path_in(directory)}: could not save the checkpoint ({os_error(e)}); {kept}"
+        ) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _unlink(tmp)
         raise
     return path_in(directory)
+
+
+def _unlink(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it (there is no getter) and put it back
+    os.umask(mask)
+    return mask
+
+
+def os_error(e: OSError) -> str:
+    """``OSError: No space left on device: <file>``: an OS error in one line."""
+    return f"{type(e).__name__}: {e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 def exists(directory: str | os.PathLike) -> bool:
@@ -89,7 +123,7 @@ def load(directory: str | os.PathLike, like: Any) -> tuple[Any, dict]:
     with _opened(path) as f:
         meta = _meta(path, f)
         try:
-            saved = [f[k] for k in sorted(k for k in f.files if k.startswith("leaf_"))]
+            saved = [f[k] for k in _leaf_names(path, f.files)]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
     paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
@@ -105,6 +139,44 @@ def load(directory: str | os.PathLike, like: Any) -> tuple[Any, dict]:
                 f" this run expects {np.shape(ref)} {np.dtype(ref.dtype)} (another model?)"
             )
     return jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(a) for a in saved]), meta
+
+
+def _leaf_names(path: Path, names: list[str]) -> list[str]:
+    """The ``leaf_<i>`` entries in leaf order (by number: ``leaf_10`` after ``leaf_9``, padded or not)."""
+    leaves = [n for n in names if n.startswith("leaf_")]
+    numbers = [n[len("leaf_") :] for n in leaves]
+    if not all(s.isdigit() for s in numbers) or sorted(map(int, numbers)) != list(range(len(leaves))):
+        shown = ", ".join(sorted(leaves)[:4]) + (", ..." if len(leaves) > 4 else "")
+        raise CheckpointError(
+            f"{path}: malformed checkpoint: its arrays must be named leaf_0 ... leaf_{len(leaves) - 1}"
+            f" (one per number), got {shown}"
+        )
+    return [n for _, n in sorted(zip(map(int, numbers), leaves, strict=True))]
+
+
+def refuse_nonfinite(
+    directory: str | os.PathLike, tree: Any, *, name: str = "", nan_only: bool = False
+) -> None:
+    """Refuse a loaded checkpoint whose floating-point leaves hold NaN (or infinity, unless ``nan_only``).
+
+    A run that diverged can save non-finite weights with valid CRCs; resuming from them would
+    fail at the first step and be blamed on a level. Call it on what was loaded, before training;
+    ``name`` prefixes the leaf paths in the message (e.g. ``params[1]['W']``).
+
+    Raises:
+      CheckpointError: naming the file and the first bad leaf.
+    """
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.asarray(leaf)
+        if not np.issubdtype(a.dtype, np.inexact):
+            continue
+        bad = np.isnan(a) if nan_only else ~np.isfinite(a)
+        if bad.any():
+            raise CheckpointError(
+                f"{path_in(directory)}: {name}{jax.tree_util.keystr(kp)} holds {int(bad.sum())} NaN or"
+                f" infinite value(s) of {a.size} (saved by a run that diverged?); it cannot be resumed:"
+                " start afresh (--overwrite) or restore an earlier checkpoint"
+            )
 
 
 @contextlib.contextmanager
@@ -205,7 +277,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def clean_stale(directory: str | os.PathLike) -> list[Path]:
     """Remove temporary files a killed :func:`save` left in ``directory``; returns their paths.
 
-    Call it at the start of a run, while no other process saves into ``directory``.
+    Call it at the start of a run, holding the directory's lock (:func:`jaxbp.train.rundir.locked`),
+    so that no other process is saving into ``directory``.
     """
     stale = sorted(Path(directory).glob(TMP_GLOB)) if Path(directory).is_dir() else []
     for p in stale:

@@ -2,34 +2,36 @@
 
 Exit codes: 0 done, 2 usage, data or checkpoint error, 3 non-finite values during training.
 Every flag is range-checked by the parser, and the data, the output paths (``--plot``,
-``--checkpoint-dir``) and an existing checkpoint are checked before the first step; errors are
-raised as :class:`~jaxbp.errors.JaxbpError` and printed by :func:`jaxbp.cli.main` as one line.
+``--checkpoint-dir``: locked for the run and probe-written) and an existing checkpoint are checked
+before the first step; errors are raised as :class:`~jaxbp.errors.JaxbpError` and printed by
+:func:`jaxbp.cli.main` as one line. ``--help`` ends with the defaults of every preset and the
+backward rules, generated from :data:`DEFAULTS` and the rule registry's summaries.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import importlib.util
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jaxbp import distributed, rules
 from jaxbp.cli import int_list, ranged
-from jaxbp.errors import CheckpointError, UsageError
-from jaxbp.train import checkpoint
+from jaxbp.errors import UsageError
+from jaxbp.train import plot, progress, run, rundir
 from jaxbp.train.data import DATASETS, fingerprint, load_dataset, standardize
 from jaxbp.train.epoch import choose_epoch_builder
 from jaxbp.train.fit import fit, make_optimizer
-from jaxbp.train.models import MODELS, NORMS, build_model
+from jaxbp.train.models import ACTIVATIONS, MODELS, NORMS, build_model, model_spec
+from jaxbp.train.pieces import total_steps
 
 MAX_SEED = 2**31 - 1
-PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
 
 # Per (dataset, model) defaults for flags left unset; anything else falls back to "*".
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -45,6 +47,9 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``train`` command's flags to ``parser``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = run.help_epilog(DEFAULTS, {name: rule.summary for name, rule in rules.RULES.items()})
+    per_preset = "default: per data set and model, see the table below"
     a = parser.add_argument
     a("--dataset", choices=DATASETS, default="digits", help="data set (default: digits, no download needed)")
     a(
@@ -52,7 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="IDX directory for mnist/fashion-mnist (fashion-mnist default: Debian's"
         " /usr/share/datasets/fashion-mnist), or the .npz file for --dataset npz",
     )
-    a("--model", choices=MODELS, default="mlp", help="model preset (default: mlp)")
+    a(
+        "--model",
+        type=model_spec,
+        default="mlp",
+        metavar="{" + ",".join(MODELS) + ",MODULE:FACTORY}",
+        help="model preset (default: mlp), or your own network: FACTORY() in MODULE (a module name"
+        " importable from here, or a path such as ./my_net.py) returns a jaxbp Layer mapping a batch"
+        " of the data set's examples to class logits",
+    )
     a(
         "--norm",
         choices=NORMS,
@@ -62,16 +75,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a(
         "--widths",
         type=int_list(1),
-        help="comma-separated widths >= 1: mlp hidden widths, or cnn conv channels then dense width",
+        help="comma-separated widths >= 1: mlp hidden widths, or cnn conv channels then dense width"
+        " (default: per data set, see the table below)",
     )
-    a("--dropout", type=ranged(float, 0, 1, hi_open=True), help="dropout rate in [0, 1) after hidden layers")
-    a("--epochs", type=ranged(int, 1), help="epochs (>= 1)")
-    a("--batch-size", type=ranged(int, 1), help="examples per step (>= 1, at most the training set)")
-    a("--optimizer", choices=("sgd", "adam"), default="sgd")
-    a("--lr", type=ranged(float, 0, lo_open=True), help="(peak) learning rate (> 0)")
-    a("--momentum", type=ranged(float, 0, 1, hi_open=True), help="SGD momentum in [0, 1) (0: plain SGD)")
-    a("--weight-decay", type=ranged(float, 0), help="L2 weight decay (>= 0) added to the gradient")
-    a("--schedule", choices=("constant", "cosine"), default="cosine", help="learning-rate schedule")
+    a(
+        "--activation",
+        choices=tuple(ACTIVATIONS),
+        help="the presets' activation (default: relu; tanh is the MLP of docs/rules.md's table)",
+    )
+    a(
+        "--dropout",
+        type=ranged(float, 0, 1, hi_open=True),
+        help=f"dropout rate in [0, 1) after hidden layers ({per_preset})",
+    )
+    a("--epochs", type=ranged(int, 1), help=f"epochs (>= 1; {per_preset})")
+    a(
+        "--batch-size",
+        type=ranged(int, 1),
+        help=f"examples per step (>= 1, at most the training set; {per_preset})",
+    )
+    a(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: SGD with --momentum; adam: Adam (ignores --momentum) (default: sgd)",
+    )
+    a("--lr", type=ranged(float, 0, lo_open=True), help=f"(peak) learning rate (> 0; {per_preset})")
+    a(
+        "--momentum",
+        type=ranged(float, 0, 1, hi_open=True),
+        help=f"SGD momentum in [0, 1), 0: plain SGD ({per_preset})",
+    )
+    a(
+        "--weight-decay",
+        type=ranged(float, 0),
+        help=f"L2 weight decay (>= 0) added to the gradient ({per_preset})",
+    )
+    a(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="cosine",
+        help="learning-rate schedule: cosine decays --lr to 0 over the run, constant keeps it"
+        " (default: cosine)",
+    )
     a("--seed", type=ranged(int, 0, MAX_SEED), default=0, help=f"PRNG seed in [0, {MAX_SEED}]")
     a(
         "--loop",
@@ -91,11 +137,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rule",
         choices=rules.RULES,
         default="bp",
-        help="backward rule (jaxbp.rules): bp, fa, usf, frsf, brsf, dfa",
+        help="backward rule (default: bp; each is explained below); with a rule other than bp every"
+        " epoch line shows each weight level's angle between the rule's dL/dx and backprop's",
     )
     a("--plot", metavar="PNG", help="write loss/accuracy curves and the gradient-flow heatmap here")
     a("--json", action="store_true", help="print one JSON summary object as the last line")
-    a("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    a("--no-progress", action="store_true", help="no progress within epochs (no bar, no progress lines)")
+    a(
+        "--progress-every",
+        type=ranged(float, 0),
+        default=10.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (piped, a log file): a progress line every SECONDS"
+        " during an epoch (default: 10)",
+    )
     a(
         "--dp-clip",
         type=ranged(float, 0, lo_open=True),
@@ -132,6 +187,8 @@ def resolve(args: argparse.Namespace) -> dict:
     )
     if args.norm != "batch":
         cfg["norm"] = args.norm
+    if args.activation not in (None, "relu"):  # only when not the default: older checkpoints resume
+        cfg["activation"] = args.activation
     if args.dp_clip is not None or args.dp_noise is not None:
         cfg.update(dp_clip=args.dp_clip, dp_noise=args.dp_noise, dp_delta=args.dp_delta)
     return cfg
@@ -157,66 +214,35 @@ def check_flags(args: argparse.Namespace) -> None:
         )
     if args.norm != "batch" and args.model != "cnn":
         raise UsageError(f"--norm is the cnn preset's; --model {args.model} has no normalisation")
+    if any(dp_flags) and importlib.util.find_spec("dp_accounting") is None:
+        raise UsageError(
+            "--dp-clip/--dp-noise report epsilon with dp-accounting, which is not installed:"
+            " pip install dp-accounting (a dependency of jaxbp: `pip install -e .` installs it)"
+        )
     if args.data_dir is not None and args.dataset == "digits":
         raise UsageError(
             "--data-dir is for --dataset mnist, fashion-mnist or npz; digits ships with scikit-learn"
         )
+    if args.model not in MODELS:
+        for flag, value in (("--widths", args.widths), ("--activation", args.activation)):
+            if value is not None:
+                raise UsageError(
+                    f"{flag} is for the presets ({', '.join(MODELS)}), not for --model {args.model}"
+                )
+    run.check_devices(args.devices)
     if args.plot:
-        _check_writable_file("--plot", Path(args.plot), PLOT_SUFFIXES)
+        plot.check_path(args.plot)
     if args.checkpoint_dir:
         d = Path(args.checkpoint_dir)
         if d.exists() and not d.is_dir():
             raise UsageError(f"--checkpoint-dir {d}: exists and is not a directory")
         base = next(
             p for p in (d.absolute(), *d.absolute().parents) if p.exists()
-        )  # created at the first save
+        )  # created before the first step (rundir.prepare)
         if not base.is_dir():
             raise UsageError(f"--checkpoint-dir {d}: cannot create it, {base} is not a directory")
         if not os.access(base, os.W_OK | os.X_OK):
             raise UsageError(f"--checkpoint-dir {d}: {base} is not writable")
-
-
-def _check_writable_file(flag: str, path: Path, suffixes: tuple[str, ...]) -> None:
-    if path.suffix.lower() not in suffixes:
-        raise UsageError(
-            f"{flag} {path}: unknown image format {path.suffix!r}; use one of {', '.join(suffixes)}"
-        )
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory")
-    parent = path.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UsageError(f"{flag} {path}: not writable")
-
-
-def check_checkpoint(args: argparse.Namespace, cfg: dict, log=print) -> None:
-    """Before training: clean stale temporary files; refuse a checkpoint of another configuration.
-
-    Without ``--resume`` an existing checkpoint is replaced only with ``--overwrite``; with
-    ``--resume`` its metadata must be intact and its configuration (data identity included) equal.
-    """
-    d = args.checkpoint_dir
-    if not d:
-        return
-    stale = checkpoint.clean_stale(d)
-    if stale and log:
-        log(f"removed {len(stale)} stale temporary file(s) from {d} (left by an interrupted save)")
-    if not checkpoint.exists(d) or args.overwrite:
-        return
-    path = checkpoint.path_in(d)
-    if not args.resume:
-        raise CheckpointError(
-            f"{path} already holds a checkpoint; pass --resume to continue it or --overwrite to replace it"
-        )
-    meta = checkpoint.read_meta(d)
-    checkpoint.validate_run_meta(d, meta)
-    if meta["config"] != cfg:
-        diff = checkpoint.config_difference(meta["config"], cfg)
-        raise CheckpointError(
-            f"{path} was saved by another run configuration ({diff});"
-            " resume with the same flags and data, or pass --overwrite instead of --resume to start afresh"
-        )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -231,38 +257,63 @@ def main(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--batch-size {cfg['batch_size']} is larger than the training set ({len(data.x_train)} examples)"
         )
-    check_checkpoint(args, cfg)
     if cfg["standardize"]:
         data = standardize(data)
     base = build_model(
-        cfg["model"], data.name, data.num_classes, cfg["widths"], cfg["dropout"], cfg.get("norm", "batch")
+        cfg["model"],
+        data.name,
+        data.num_classes,
+        cfg["widths"],
+        cfg["dropout"],
+        cfg.get("activation", "relu"),
+        cfg.get("norm", "batch"),
     )
     net = rules.by_name(cfg["rule"], base, key=rules.run_key(cfg["seed"]))  # feedback in the net's state
-    steps = (len(data.x_train) // cfg["batch_size"]) * cfg["epochs"]
-    opt = make_optimizer(
-        cfg["lr"],
-        momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"],
-        schedule=cfg["schedule"],
-        total_steps=steps,
-        name=cfg["optimizer"],
-    )
     print(
         f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test, {data.num_classes} classes;"
         f" model {net.name}"
     )
-    step_fn, on_epoch = _dp_parts(cfg, len(data.x_train)) if "dp_clip" in cfg else (None, None)
-    result = fit(
+    if line := run.devices_line(args.devices):
+        print(line)
+    with rundir.locked(args.checkpoint_dir) if args.checkpoint_dir else contextlib.nullcontext():
+        run.check_checkpoint(args, cfg)
+        result = _fit(args, cfg, net, data)
+    plot_error = None
+    if args.plot:
+        try:
+            plot.write(result.history, args.plot)
+        except UsageError as e:  # the path was checked before training; the disk may still fail
+            plot_error = e
+    if args.json:
+        print(json.dumps(run.finite_or_null(run.summary(cfg, net, data, result, t0)), allow_nan=False))
+    if plot_error:
+        raise plot_error
+    return 0
+
+
+def _fit(args: argparse.Namespace, cfg: dict, net, data):
+    """``fit`` with the optimizer, the epoch builder, DP-SGD and the rule's angle tracker of the flags."""
+    step_fn, on_epoch = run.dp_parts(cfg, len(data.x_train)) if "dp_clip" in cfg else (None, None)
+    optimizer = make_optimizer(
+        cfg["lr"],
+        momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"],
+        schedule=cfg["schedule"],
+        total_steps=total_steps(len(data.x_train), cfg["batch_size"], cfg["epochs"]),  # fit's count too
+        name=cfg["optimizer"],
+    )
+    return fit(
         net,
         data,
-        opt,
+        optimizer,
         epochs=cfg["epochs"],
         batch_size=cfg["batch_size"],
         seed=cfg["seed"],
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
         config=cfg,
-        progress=sys.stderr.isatty() and not args.no_progress,
+        progress="none" if args.no_progress else progress.choose(sys.stderr),
+        progress_every=args.progress_every,
         log=print,
         epoch_builder=functools.partial(
             choose_epoch_builder(net, cfg["loop"]),
@@ -270,65 +321,6 @@ def main(args: argparse.Namespace) -> int:
             **({"step_fn": step_fn} if step_fn else {}),
         ),
         on_epoch=on_epoch,
-        track=_angle_tracker(net, data, cfg) if args.plot and cfg["rule"] != "bp" else None,
+        track=run.angle_tracker(net, data, cfg) if cfg["rule"] != "bp" else None,
+        track_label="dx angle to bp (deg), level",
     )
-    plot_error = None
-    if args.plot:
-        from jaxbp.train.plot import plot_history
-
-        try:
-            plot_history(result.history, args.plot)
-        except (OSError, ValueError) as e:  # the path was checked before training; the disk may still fail
-            plot_error = UsageError(f"--plot {args.plot}: could not write the image ({e})")
-    if args.json:
-        summary = {
-            "test_accuracy": result.test_accuracy,
-            "train_loss": result.train_loss,
-            "epochs": result.epochs,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "train_seconds": round(result.seconds, 3),
-            "steps_per_second": round(result.steps_per_second, 1),
-            "dataset": data.name,
-            "model": cfg["model"],
-            "seed": cfg["seed"],
-            "rule": cfg["rule"],
-            "alignment": None
-            if result.train_state is None
-            else rules.final_alignment(net, result.train_state, data, cfg["batch_size"], cfg["seed"]),
-        }
-        if "dp_clip" in cfg:
-            summary["epsilon"] = result.history["epsilon"][-1] if result.history.get("epsilon") else 0.0
-        print(json.dumps(_finite_or_null(summary), allow_nan=False))
-    if plot_error:
-        raise plot_error
-    return 0
-
-
-def _angle_tracker(net, data, cfg: dict) -> Callable:
-    """``--plot`` with a rule: each level's angle (degrees) between the rule's dL/dx and backprop's."""
-
-    def track(ts) -> dict[str, float]:
-        angles = rules.final_alignment(net, ts, data, cfg["batch_size"], cfg["seed"])
-        return {path: row["dx"] for path, row in angles.items()}
-
-    return track
-
-
-def _dp_parts(cfg: dict, n_train: int) -> tuple[Callable, Callable]:
-    """DP-SGD's train step and the per-epoch privacy report (epsilon at ``--dp-delta``)."""
-    from jaxbp.quantities import dp
-
-    step_fn = functools.partial(dp.dp_train_step_fn, clip=cfg["dp_clip"], noise=cfg["dp_noise"])
-    per_epoch = n_train // cfg["batch_size"]
-
-    def on_epoch(e, history):
-        eps = dp.epsilon(cfg["dp_noise"], cfg["batch_size"], n_train, e * per_epoch, cfg["dp_delta"])
-        history.setdefault("epsilon", []).append(eps)
-        print(f"privacy after epoch {e}: epsilon {eps:.3f} at delta {cfg['dp_delta']:g}")
-
-    return step_fn, on_epoch
-
-
-def _finite_or_null(d: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN or infinity: such a value is written as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}

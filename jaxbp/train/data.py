@@ -183,6 +183,7 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating) or x.dtype == bool):
             raise DataError(f"{path}: {k} must hold real numbers, got dtype {x.dtype}")
     for k, y in (("y_train", y_tr), ("y_test", y_te)):
+        _refuse_one_hot(path, k, y)
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: {k} must hold integer labels, got dtype {y.dtype}")
 
@@ -200,12 +201,24 @@ def load_npz(path: str | os.PathLike, num_classes: int | None = None) -> Dataset
         return _validated(path.stem, scale(x_tr), y_tr, scale(x_te), y_te, num_classes, path)
 
 
+def _refuse_one_hot(where, key: str, y: np.ndarray) -> None:
+    """Labels given as one-hot rows (or any matrix) instead of class indices: say so, and how to convert."""
+    if y.ndim == 2 and y.size and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
+        raise DataError(
+            f"{where}: {key} holds one-hot rows (shape {y.shape}); jaxbp wants class indices of shape"
+            f" ({y.shape[0]},): save y.argmax(1) instead"
+        )
+    if y.ndim != 1:
+        raise DataError(f"{where}: {key} must be a vector of class indices, got shape {y.shape}")
+
+
 def _validated(name, x_tr, y_tr, x_te, y_te, num_classes, source=None) -> Dataset:
     where = str(source or name)
     for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        _refuse_one_hot(where, f"y_{split}", y)
         if len(y) == 0:
             raise DataError(f"{where}: empty {split} split (0 examples)")
-        if y.ndim != 1 or x.shape[:1] != y.shape:
+        if x.shape[:1] != y.shape:
             raise DataError(
                 f"{where}: {split} images of shape {x.shape} do not match labels of shape {y.shape}"
             )
@@ -277,9 +290,28 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
 
 
 def standardize(data: Dataset) -> Dataset:
-    """Shift and scale all images by the training set's mean and standard deviation (one scalar each)."""
-    mean, std = float(data.x_train.mean()), float(data.x_train.std()) or 1.0
-    return data._replace(
-        x_train=((data.x_train - mean) / std).astype(np.float32),
-        x_test=((data.x_test - mean) / std).astype(np.float32),
-    )
+    """Shift and scale all images by the training set's mean and standard deviation (one scalar each).
+
+    Computed in float64 (in chunks), so pixels anywhere in float32's range (up to 3.4e38)
+    standardise without overflow; the result is float32.
+
+    Raises:
+      DataError: a standardised value that float32 cannot hold (test pixels far outside the range
+        of a nearly constant training set).
+    """
+    mean = float(data.x_train.mean(dtype=np.float64))
+    std = float(data.x_train.std(dtype=np.float64)) or 1.0
+    out = {}
+    for k in ("x_train", "x_test"):
+        x = getattr(data, k)
+        out[k] = np.empty(x.shape, np.float32)
+        with np.errstate(over="ignore"):  # a float64 value beyond float32's range becomes inf: refused below
+            for i in range(0, len(x), 4096):
+                out[k][i : i + 4096] = (x[i : i + 4096].astype(np.float64) - mean) / std
+        if not np.isfinite(out[k]).all():
+            raise DataError(
+                f"{data.name}: {k} overflows float32 when standardised (training mean {mean:.3g},"
+                f" standard deviation {std:.3g}, pixels up to {np.abs(x).max():.3g});"
+                " rescale the data, or pass --no-standardize"
+            )
+    return data._replace(**out)
