@@ -364,3 +364,35 @@ def test_zipfile_errors_do_not_escape(tmp_path):
         z.writestr("meta.npy", b"not an npy header")
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         checkpoint.read_meta(tmp_path)
+
+
+# --- networks, rules and quantities: one line, before anything runs (docs/failures.md) ---
+
+
+def test_python_api_bad_inputs_are_one_line_each():
+    from jaxbp import rules
+    from jaxbp.errors import UsageError
+    from jaxbp.quantities import value_grad_and
+
+    loss = jaxbp.SoftmaxCrossEntropy()
+    with pytest.raises(UsageError, match="name at least one quantity; choose from batch_grad"):
+        value_grad_and(jaxbp.serial(jaxbp.Dense(2)), loss)
+    net = jaxbp.serial(jaxbp.Dense(4), jaxbp.BatchNorm(), jaxbp.Dense(2))
+    _, params = net.init(jax.random.PRNGKey(0), (3, 5))
+    with pytest.raises(LayerError, match=r"got state with 0 entries \(no state: pass state=jaxbp.init_state"):
+        jaxbp.apply(net, params, jnp.ones((3, 5)), state=(), train=True)
+    with pytest.raises(LayerError, match="train must be True or False, got 'yes'"):
+        jaxbp.apply(net, params, jnp.ones((3, 5)), state=jaxbp.init_state(net, (3, 5)), train="yes")
+    mlp = jaxbp.serial(jaxbp.Dense(4), jaxbp.Tanh(), jaxbp.Dense(2))
+    other = jaxbp.serial(jaxbp.Dense(4), jaxbp.Dense(2))
+    _, other_params = other.init(jax.random.PRNGKey(0), (3, 5))
+    with pytest.raises(LayerError, match=r"got params with 2 entries \(params from another network\?\)"):
+        rules.feedback_like(rules.feedback_alignment(mlp), other_params)
+
+
+def test_a_float16_input_to_a_float32_network_hands_down_float16():
+    net = jaxbp.serial(jaxbp.Dense(4), jaxbp.Tanh(), jaxbp.Dense(2))
+    _, params = net.init(jax.random.PRNGKey(0), (3, 5))
+    x = jnp.ones((3, 5), jnp.float16)
+    value, grads = jaxbp.value_and_grad(net, jaxbp.SoftmaxCrossEntropy())(params, x, jnp.array([0, 1, 0]))
+    assert grads[0]["W"].dtype == jnp.float32 and bool(jnp.isfinite(value))
